@@ -1,0 +1,3 @@
+"""Imports every dataset loader module so that each registers itself."""
+
+from detox.data import cifar10, folder, gtsrb, tinyimagenet  # noqa: F401
