@@ -1,0 +1,55 @@
+"""Shared test fixtures: real data from ../shared/data at small scale.
+
+The data directory is ``$DETOX_DATA_DIR`` when set, else ``<repo>/../shared/data``. The
+cache (extracted archives) is ``$DETOX_CACHE`` when set, else a per-session temp dir that
+all tests share, so each archive is extracted once per test run.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+os.environ.setdefault("DETOX_DATA_DIR", str(SHARED_DATA))
+if "DETOX_CACHE" not in os.environ:
+    _tmp_cache = Path(os.environ.get("TMPDIR", "/tmp")) / "detox-test-cache"
+    os.environ["DETOX_CACHE"] = str(_tmp_cache)
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def cifar_train():
+    from detox.data import load_dataset
+
+    return load_dataset("cifar10", "train")
+
+
+@pytest.fixture(scope="session")
+def cifar_test():
+    from detox.data import load_dataset
+
+    return load_dataset("cifar10", "test")
+
+
+@pytest.fixture(scope="session")
+def cifar_small(cifar_train):
+    """600 CIFAR-10 training images, class-balanced, seeded."""
+    from detox.data import stratified_subsample
+
+    idx = stratified_subsample(cifar_train.y, 600, seed=0, num_classes=10)
+    return cifar_train.subset(idx, name="cifar10-small")
+
+
+@pytest.fixture(scope="session")
+def cifar_test_small(cifar_test):
+    from detox.data import stratified_subsample
+
+    idx = stratified_subsample(cifar_test.y, 300, seed=1, num_classes=10)
+    return cifar_test.subset(idx, name="cifar10-test-small")
