@@ -20,9 +20,11 @@ class Registry(Generic[T]):
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._items: dict[str, T] = {}
+        self._canonical: list[str] = []
 
     def register(self, name: str, *aliases: str) -> Callable[[T], T]:
         def deco(obj: T) -> T:
+            self._canonical.append(name.lower())
             for key in (name, *aliases):
                 key = key.lower()
                 if key in self._items and self._items[key] is not obj:
@@ -41,7 +43,8 @@ class Registry(Generic[T]):
         return self._items[key]
 
     def names(self) -> list[str]:
-        return sorted(self._items)
+        """Canonical names (aliases are accepted by :meth:`get` but not listed)."""
+        return sorted(set(self._canonical))
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and name.lower() in self._items

@@ -112,7 +112,10 @@ class ImageDataset:
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Float [0,1] image batches and label batches on ``device``, in order."""
         for i in range(0, len(self), batch_size):
-            yield to_float(self.x[i : i + batch_size], device), self.y[i : i + batch_size].to(device)
+            yield (
+                to_float(self.x[i : i + batch_size], device),
+                self.y[i : i + batch_size].to(device),
+            )
 
 
 def stratified_subsample(

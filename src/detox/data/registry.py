@@ -39,3 +39,19 @@ def load_dataset(
         return load_path(Path(name).expanduser(), split=split, image_size=image_size)
     loader = DATASETS.get(name)
     return loader(split=split, data_dir=data_dir, image_size=image_size)
+
+
+def load_splits(cfg, data_dir: str | os.PathLike | None = None):
+    """Train and test :class:`ImageDataset` for a :class:`~detox.config.DataConfig`,
+    each cut to its seeded, class-balanced subset when one is set."""
+    from detox.data.base import stratified_subsample
+
+    out = []
+    for split, n in (("train", cfg.train_subset), ("test", cfg.test_subset)):
+        ds = load_dataset(cfg.dataset, split, data_dir=data_dir, image_size=cfg.image_size)
+        if n is not None and n < len(ds):
+            idx = stratified_subsample(ds.y, n, seed=cfg.seed, num_classes=ds.num_classes)
+            ds = ds.subset(idx)
+            ds.meta["subset"] = {"n": n, "seed": cfg.seed}
+        out.append(ds)
+    return out[0], out[1]

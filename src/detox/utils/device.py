@@ -31,3 +31,22 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     if name == "cpu":
         return torch.device("cpu")
     raise ConfigError(f"--device {device!r}: expected one of {', '.join(DEVICE_CHOICES)}")
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether bf16 autocast pays off on ``device`` (CUDA, or a CPU with AVX-512 BF16/AMX)."""
+    if device.type == "cuda":
+        return True
+    if device.type == "cpu":
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            return False
+    return False
+
+
+def autocast(device: torch.device, enabled: bool = True):
+    """bf16 autocast where the hardware supports it, else a no-op context."""
+    return torch.autocast(
+        device.type, dtype=torch.bfloat16, enabled=enabled and bf16_supported(device)
+    )

@@ -1,0 +1,5 @@
+import sys
+
+from detox.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Benchmark grid, result tables and reports. The only package that knows every defense."""

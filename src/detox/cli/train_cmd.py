@@ -1,0 +1,145 @@
+"""``detox train`` (train a classifier) and ``detox eval`` (evaluate a checkpoint)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from detox.cli import COMMANDS, add_common
+
+
+@COMMANDS.register("train")
+def register_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a classifier on a dataset")
+    p.add_argument("--dataset", default="cifar10", help="registered name or a path")
+    p.add_argument("--model", default=None, help="model name (default: the preset's)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs (default: the preset's)")
+    p.add_argument("--eval-every-epoch", action="store_true", help="log test accuracy per epoch")
+    add_common(p, out=True)
+    p.set_defaults(func=run_train)
+
+
+@COMMANDS.register("eval")
+def register_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="clean accuracy of a checkpoint on a dataset's test split")
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder (model.safetensors)")
+    p.add_argument("--dataset", default="cifar10")
+    p.add_argument(
+        "--out", default=None, help="output folder (default: <checkpoint>/eval-<dataset>)"
+    )
+    p.add_argument("--batch-size", type=int, default=1024)
+    add_common(p, preset=False)
+    p.set_defaults(func=run_eval)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from detox.config import DataConfig, asdict, make_config, parse_overrides, split_overrides
+    from detox.data import load_splits
+    from detox.models import build_model, save_checkpoint
+    from detox.runs import RunDir
+    from detox.training import TrainConfig, accuracy, train
+    from detox.utils.device import resolve_device
+
+    over = parse_overrides(args.overrides)
+    dcfg = make_config(
+        DataConfig,
+        args.preset,
+        dataset=args.dataset,
+        seed=args.seed,
+        **split_overrides(DataConfig, over),
+    )
+    tover = split_overrides(TrainConfig, over)
+    unknown = set(over) - set(tover) - set(split_overrides(DataConfig, over))
+    if unknown:
+        from detox.errors import ConfigError
+
+        raise ConfigError(f"--set: unknown setting(s) {', '.join(sorted(unknown))}")
+    tcfg = make_config(
+        TrainConfig,
+        args.preset,
+        model=args.model,
+        epochs=args.epochs,
+        seed=args.seed,
+        progress=not args.quiet,
+        **tover,
+    )
+    device = resolve_device(args.device)
+    train_ds, test_ds = load_splits(dcfg, args.data_dir)
+    run = RunDir(args.out)
+    run.write_config(
+        "train",
+        {
+            "preset": args.preset,
+            "device": str(device),
+            "data": asdict(dcfg),
+            "train": asdict(tcfg),
+            "data_source": {"train": train_ds.meta, "test": test_ds.meta},
+        },
+    )
+    model = build_model(
+        tcfg.model,
+        train_ds.num_classes,
+        width=tcfg.width,
+        in_channels=train_ds.x.shape[1],
+        dataset=train_ds.meta.get("dataset", dcfg.dataset),
+    )
+    res = train(
+        model,
+        train_ds.x,
+        train_ds.y,
+        tcfg,
+        device=device,
+        eval_data=(test_ds.x, test_ds.y) if args.eval_every_epoch else None,
+        desc=f"train {tcfg.model}",
+    )
+    acc = accuracy(res.model, test_ds.x, test_ds.y, tcfg.eval_batch_size)
+    save_checkpoint(res.model, run.path, extra={"classes": train_ds.classes, "train": asdict(tcfg)})
+    summary = {
+        "test_accuracy": acc,
+        "train_seconds": round(res.seconds, 2),
+        "train_images_per_second": round(res.images_per_second, 1),
+        "n_train": len(train_ds),
+        "n_test": len(test_ds),
+        "history": res.history,
+    }
+    run.write_summary(summary)
+    print(f"test accuracy {acc:.4f} after {res.seconds:.0f}s of training -> {Path(args.out)}")
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from detox.data import load_dataset
+    from detox.metrics import clean_accuracy
+    from detox.models import load_checkpoint
+    from detox.runs import RunDir
+    from detox.training import predict
+    from detox.utils.device import resolve_device
+
+    device = resolve_device(args.device)
+    model = load_checkpoint(args.checkpoint, device)
+    test = load_dataset(args.dataset, "test", data_dir=args.data_dir)
+    if test.num_classes != model.meta["num_classes"]:
+        from detox.errors import ConfigError
+
+        raise ConfigError(
+            f"--dataset {args.dataset} has {test.num_classes} classes but the checkpoint "
+            f"predicts {model.meta['num_classes']}"
+        )
+    out = Path(args.out) if args.out else Path(args.checkpoint) / f"eval-{Path(args.dataset).name}"
+    run = RunDir(out)
+    run.write_config(
+        "eval",
+        {
+            "checkpoint": str(args.checkpoint),
+            "dataset": args.dataset,
+            "device": str(device),
+            "model": model.meta,
+            "data_source": test.meta,
+        },
+    )
+    pred = predict(model, test.x, args.batch_size)
+    acc = clean_accuracy(pred, test.y)
+    per_class = [float((pred[test.y == c] == c).float().mean()) for c in range(test.num_classes)]
+    run.write_summary({"clean_accuracy": acc, "n_test": len(test), "per_class_accuracy": per_class})
+    print(f"clean accuracy {acc:.4f} on {len(test)} test images -> {out}")
+    return 0

@@ -1,0 +1,135 @@
+"""Model registry, the normalising wrapper and safetensors checkpoints."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from detox.errors import ConfigError, DataError
+from detox.registry import Registry
+from detox.utils.io import atomic_write_json, read_json
+
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
+
+# Per-dataset normalisation (channel mean/std of the training split).
+NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "gtsrb": ((0.3403, 0.3121, 0.3214), (0.2724, 0.2608, 0.2669)),
+    "tiny-imagenet": ((0.4802, 0.4481, 0.3975), (0.2770, 0.2691, 0.2821)),
+}
+DEFAULT_NORM = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+
+
+def normalization_for(dataset: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    return NORMALIZATION.get(dataset.lower(), DEFAULT_NORM)
+
+
+class Classifier(nn.Module):
+    """``backbone((x - mean) / std)`` for x in [0, 1]; mean/std are saved buffers."""
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        mean: Sequence[float] = DEFAULT_NORM[0],
+        std: Sequence[float] = DEFAULT_NORM[1],
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        c = len(mean)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, c, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1))
+        self.meta: dict[str, Any] = dict(meta or {})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone((x - self.mean) / self.std)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate-layer features (used by feature-space detectors)."""
+        feats = getattr(self.backbone, "features", None)
+        if feats is None:
+            raise ConfigError(f"model {self.meta.get('name')!r} does not expose features()")
+        return feats((x - self.mean) / self.std)
+
+
+def build_model(
+    name: str,
+    num_classes: int,
+    width: float = 1.0,
+    in_channels: int = 3,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    dataset: str | None = None,
+) -> Classifier:
+    """Build a registered classifier. ``width`` multiplies every channel count."""
+    factory = MODELS.get(name)
+    if num_classes < 2:
+        raise ConfigError(f"num_classes must be >= 2, got {num_classes}")
+    if width <= 0:
+        raise ConfigError(f"width must be > 0, got {width}")
+    if mean is None or std is None:
+        mean, std = normalization_for(dataset or "")
+    if len(mean) != in_channels:
+        mean, std = (mean[0],) * in_channels, (std[0],) * in_channels
+    backbone = factory(num_classes=num_classes, width=width, in_channels=in_channels)
+    meta = {
+        "name": name.lower(),
+        "num_classes": num_classes,
+        "width": width,
+        "in_channels": in_channels,
+        "mean": list(mean),
+        "std": list(std),
+        "dataset": dataset,
+    }
+    return Classifier(backbone, mean, std, meta)
+
+
+def scaled(channels: int, width: float) -> int:
+    return max(1, int(round(channels * width)))
+
+
+def save_checkpoint(
+    model: Classifier, out_dir: str | os.PathLike, extra: dict[str, Any] | None = None
+) -> Path:
+    """``model.safetensors`` + ``model.json`` (architecture, normalisation, extra info)."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tmp = out / ".model.safetensors.tmp"
+    save_file(state, str(tmp))
+    os.replace(tmp, out / "model.safetensors")
+    atomic_write_json(out / "model.json", {"model": model.meta, **(extra or {})})
+    return out
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> Classifier:
+    """Load a checkpoint folder written by :func:`save_checkpoint` (safetensors, no pickle)."""
+    from safetensors.torch import load_file
+
+    root = Path(path)
+    if root.is_file():
+        root = root.parent
+    wfile, mfile = root / "model.safetensors", root / "model.json"
+    if not wfile.is_file() or not mfile.is_file():
+        raise DataError(
+            f"{root}: not a detox checkpoint (expected model.safetensors and model.json)"
+        )
+    meta = read_json(mfile)["model"]
+    model = build_model(
+        meta["name"],
+        meta["num_classes"],
+        width=meta.get("width", 1.0),
+        in_channels=meta.get("in_channels", 3),
+        mean=meta["mean"],
+        std=meta["std"],
+        dataset=meta.get("dataset"),
+    )
+    model.load_state_dict(load_file(str(wfile)))
+    return model.to(device).eval()

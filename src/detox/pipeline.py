@@ -1,0 +1,312 @@
+"""The experiment pipeline shared by every command and the benchmark.
+
+    data -> poison (attacks, seeded) -> train the victim (cached) -> evaluate CA / PA / ASR
+         -> [detector: score -> cut -> retrain on the kept examples -> evaluate + detection]
+         -> [purifier: purify test inputs -> evaluate]
+
+Each step is a function so that commands, benchmarks and tests compose them. Victims are
+cached by a content hash of their training data, training config and code version: a
+victim is trained once and reused by every defense that needs it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import inspect
+import os
+import shutil
+import tempfile
+import typing
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from detox import __version__
+from detox.config import ConfigError, DataConfig, asdict, make_config
+from detox.data import PoisonedSet, load_splits
+from detox.data.paths import cache_dir
+from detox.metrics import attack_success_rate, clean_accuracy, poisoned_accuracy
+from detox.models import build_model, load_checkpoint, save_checkpoint
+from detox.training import TrainConfig, predict, train
+from detox.utils.io import atomic_write_json, read_json
+
+
+@dataclasses.dataclass
+class ExperimentConfig:
+    """Settings of the pipeline itself (data and training have their own configs)."""
+
+    test_limit: int | None = None  # triggered test images per attack; None = all eligible
+    cache_victims: bool = True  # reuse a victim trained on the same data and config
+
+    PRESETS: typing.ClassVar[dict[str, dict[str, Any]]] = {
+        "smoke": {"test_limit": 200},
+        "quick": {},
+        "paper": {},
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# poisoning
+
+
+def make_poisoned_set(
+    data_cfg: DataConfig,
+    attacks: Any,
+    seed: int,
+    data_dir: str | os.PathLike | None = None,
+    device: torch.device | str = "cpu",
+    test_limit: int | None = None,
+) -> PoisonedSet:
+    """Load the data of ``data_cfg`` and poison it with ``attacks`` (None/"" = no attack)."""
+    from detox.attacks import poison
+
+    train_ds, test_ds = load_splits(data_cfg, data_dir)
+    if not attacks:
+        return PoisonedSet.from_clean(train_ds, seed=seed, test=test_ds)
+    return poison(train_ds, attacks, seed=seed, test=test_ds, device=device, test_limit=test_limit)
+
+
+# ---------------------------------------------------------------------------------------
+# victims
+
+
+def _code_version() -> str:
+    import detox.models as models_pkg
+    import detox.training as training_mod
+
+    h = hashlib.sha256(__version__.encode())
+    h.update(inspect.getsource(training_mod).encode())
+    for f in sorted(Path(models_pkg.__file__).parent.glob("*.py")):
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def victim_key(x: torch.Tensor, y: torch.Tensor, tcfg: TrainConfig, extra: Any = None) -> str:
+    """Content hash of (training images, labels, training config, code version)."""
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(x.cpu().numpy()).tobytes())
+    h.update(np.ascontiguousarray(y.cpu().numpy()).tobytes())
+    cfg = {k: v for k, v in asdict(tcfg).items() if k != "progress"}
+    h.update(repr(sorted(cfg.items())).encode())
+    h.update(repr(extra).encode())
+    h.update(_code_version().encode())
+    return h.hexdigest()[:24]
+
+
+def train_classifier(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    classes: list[str],
+    tcfg: TrainConfig,
+    device: torch.device | str,
+    dataset: str | None = None,
+    cache: bool = True,
+    desc: str = "victim",
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Train (or load from the victim cache) a classifier on uint8 images ``x``."""
+    key = victim_key(x, y, tcfg, dataset)
+    folder = cache_dir() / "victims" / key
+    if cache and (folder / "model.safetensors").is_file() and (folder / "train.json").is_file():
+        info = read_json(folder / "train.json")
+        info["cached"] = True
+        return load_checkpoint(folder, device), info
+    model = build_model(
+        tcfg.model, len(classes), width=tcfg.width, in_channels=x.shape[1], dataset=dataset
+    )
+    res = train(model, x, y, tcfg, device=device, desc=desc)
+    info = {
+        "key": key,
+        "train_seconds": round(res.seconds, 2),
+        "images_per_second": round(res.images_per_second, 1),
+        "history": res.history,
+        "cached": False,
+    }
+    if cache:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{key}."))
+        try:
+            save_checkpoint(res.model, tmp, extra={"classes": classes, "train": asdict(tcfg)})
+            atomic_write_json(tmp / "train.json", info)
+            if folder.exists():
+                shutil.rmtree(folder, ignore_errors=True)
+            os.replace(tmp, folder)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return res.model, info
+
+
+def train_victim(
+    pset: PoisonedSet, tcfg: TrainConfig, device: torch.device | str, cache: bool = True
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The victim: a classifier trained on the poisoned set as the attacker left it."""
+    dataset = pset.source.get("dataset") or pset.source.get("name")
+    return train_classifier(pset.x, pset.y, pset.classes, tcfg, device, dataset, cache)
+
+
+# ---------------------------------------------------------------------------------------
+# evaluation
+
+
+def evaluate_backdoor(
+    model: nn.Module,
+    pset: PoisonedSet,
+    transform: typing.Callable[[torch.Tensor], torch.Tensor] | None = None,
+    batch_size: int = 512,
+) -> dict[str, Any]:
+    """CA on the clean test set; ASR and PA on each attack's triggered test set.
+
+    ``transform`` maps uint8 test images to uint8 or float inputs (a purifier), applied to
+    clean and triggered images alike.
+    """
+    if pset.test is None:
+        raise ConfigError("evaluate: the poisoned set carries no test set")
+
+    def _pred(x: torch.Tensor) -> torch.Tensor:
+        if transform is not None:
+            x = transform(x)
+        return predict(model, x, batch_size)
+
+    out: dict[str, Any] = {
+        "ca": clean_accuracy(_pred(pset.test.x), pset.test.y),
+        "n_test": len(pset.test),
+        "attacks": {},
+    }
+    for name, t in pset.triggered.items():
+        p = _pred(t.x)
+        out["attacks"][name] = {
+            "asr": attack_success_rate(p, t.y_target, t.y_true),
+            "pa": poisoned_accuracy(p, t.y_true, t.y_target),
+            "n": len(t),
+        }
+    return out
+
+
+def resolve_configs(
+    preset: str, dataset: str, seed: int, overrides: dict[str, Any] | None = None
+) -> tuple[DataConfig, TrainConfig, ExperimentConfig]:
+    """Data, training and experiment configs of ``preset`` with ``overrides`` applied.
+
+    Each override key must name a setting of one of the three configs.
+    """
+    from detox.config import split_overrides
+
+    over = dict(overrides or {})
+    configs = []
+    used: set[str] = set()
+    for cls, extra in (
+        (DataConfig, {"dataset": dataset, "seed": seed}),
+        (TrainConfig, {"seed": seed}),
+        (ExperimentConfig, {}),
+    ):
+        mine = split_overrides(cls, over)
+        used |= set(mine)
+        configs.append(make_config(cls, preset, **{**extra, **mine}))
+    unknown = set(over) - used
+    if unknown:
+        raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+    return configs[0], configs[1], configs[2]
+
+
+# ---------------------------------------------------------------------------------------
+# training-set defenses: score -> cut -> retrain -> evaluate
+
+
+def select_clean_probes(pset: PoisonedSet, n: int, seed: int, class_balanced: bool = False):
+    """A seeded sample of ``n`` truly clean examples, as the BaDLoss paper's benchmarks do
+    (the defender vouches for them). Returns sorted indices into ``pset``."""
+    clean = (~pset.is_poisoned).nonzero().flatten()
+    if n > len(clean):
+        raise ConfigError(f"need {n} clean probes but only {len(clean)} clean examples exist")
+    g = torch.Generator().manual_seed(int(seed))
+    if not class_balanced:
+        return clean[torch.randperm(len(clean), generator=g)[:n]].sort().values.numpy()
+    from detox.data.base import stratified_subsample
+
+    pick = stratified_subsample(pset.y_true[clean], n, seed, pset.num_classes)
+    return clean[pick].sort().values.numpy()
+
+
+def detection_report(
+    scores: np.ndarray, removed: np.ndarray, pset: PoisonedSet, protected: np.ndarray | None = None
+) -> dict[str, Any]:
+    """Detection metrics overall and per attack (each attack's poisons vs all clean
+    examples), and the removal rate of every class (true labels)."""
+    from detox.metrics import detection_metrics, per_class_removal
+
+    aid = pset.attack_id.numpy()
+    consider = np.ones(len(scores), bool) if protected is None else ~protected
+    out: dict[str, Any] = {
+        "overall": detection_metrics(scores[consider], aid[consider] >= 0, removed[consider])
+    }
+    out["per_attack"] = {}
+    for i, a in enumerate(pset.attacks):
+        sel = consider & ((aid == i) | (aid < 0))
+        out["per_attack"][a["name"]] = detection_metrics(scores[sel], aid[sel] == i, removed[sel])
+    out["per_class_removal"] = per_class_removal(removed, pset.y_true, pset.num_classes)
+    return out
+
+
+def cleanse_and_retrain(
+    pset: PoisonedSet,
+    detector: Any,
+    tcfg: TrainConfig,
+    device: torch.device | str,
+    victim: nn.Module | None = None,
+    probes: np.ndarray | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    cache: bool = True,
+) -> dict[str, Any]:
+    """Score every example with ``detector``, cut, retrain from scratch on what is kept,
+    and evaluate. Returns scores, the removal mask, detection metrics, the retrained
+    model's evaluation and the detector's artifacts."""
+    import time
+
+    from detox.defenses.detectors import DetectorContext
+
+    ctx = DetectorContext(
+        model=victim if detector.needs_model else None,
+        probes=probes,
+        train_config=tcfg,
+        device=torch.device(device),
+        seed=seed,
+        progress=progress,
+    )
+    if detector.needs_model and victim is None:
+        raise ConfigError(f"detector {detector.name!r} needs a model trained on the poisoned set")
+    if detector.needs_probes and probes is None:
+        raise ConfigError(f"detector {detector.name!r} needs trusted clean probes")
+    t0 = time.perf_counter()
+    scores = np.asarray(detector.score(pset.as_dataset(), ctx), dtype=np.float64)
+    score_seconds = time.perf_counter() - t0
+    if scores.shape != (len(pset),):
+        raise ConfigError(
+            f"detector {detector.name!r} returned {scores.shape} scores for {len(pset)} examples"
+        )
+    removed = np.asarray(detector.cut(scores, ctx), dtype=bool)
+    protected = None
+    if probes is not None:
+        protected = np.zeros(len(pset), bool)
+        protected[np.asarray(probes, dtype=np.int64)] = True
+    report = detection_report(scores, removed, pset, protected)
+    kept = pset.subset(torch.from_numpy(~removed))
+    dataset = pset.source.get("dataset") or pset.source.get("name")
+    model, info = train_classifier(
+        kept.x, kept.y, kept.classes, tcfg, device, dataset, cache, desc="retrain"
+    )
+    return {
+        "scores": scores,
+        "removed": removed,
+        "protected": protected,
+        "detection": report,
+        "score_seconds": round(score_seconds, 2),
+        "n_kept": int((~removed).sum()),
+        "retrain": info,
+        "evaluation": evaluate_backdoor(model, pset),
+        "artifacts": ctx.artifacts,
+        "model": model,
+    }
