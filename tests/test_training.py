@@ -65,7 +65,12 @@ def test_train_learns_real_cifar_and_is_reproducible(cifar_train, cifar_test_sma
     cfg = make_config(TrainConfig, "smoke", epochs=3, progress=False)
     rec = Recorder()
     res = train(
-        build_model(cfg.model, 10, cfg.width, dataset="cifar10"), x, y, cfg, "cpu", callbacks=[rec]
+        build_model(cfg.model, 10, cfg.width, dataset="cifar10", seed=0),
+        x,
+        y,
+        cfg,
+        "cpu",
+        callbacks=[rec],
     )
     acc = accuracy(res.model, cifar_test_small.x, cifar_test_small.y)
     assert acc > 0.30, acc  # chance is 0.10
@@ -74,7 +79,7 @@ def test_train_learns_real_cifar_and_is_reproducible(cifar_train, cifar_test_sma
         seen = torch.cat([i for ep, i in rec.batch_idx if ep == e]).sort().values
         assert torch.equal(seen, torch.arange(len(x)))
     # same seed -> same weights
-    res2 = train(build_model(cfg.model, 10, cfg.width, dataset="cifar10"), x, y, cfg, "cpu")
+    res2 = train(build_model(cfg.model, 10, cfg.width, dataset="cifar10", seed=0), x, y, cfg, "cpu")
     for a, b in zip(res.model.state_dict().values(), res2.model.state_dict().values()):
         assert torch.equal(a, b)
     losses = per_example_loss(res.model, x[:50], y[:50])

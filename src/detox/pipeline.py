@@ -115,7 +115,12 @@ def train_classifier(
         info["cached"] = True
         return load_checkpoint(folder, device), info
     model = build_model(
-        tcfg.model, len(classes), width=tcfg.width, in_channels=x.shape[1], dataset=dataset
+        tcfg.model,
+        len(classes),
+        width=tcfg.width,
+        in_channels=x.shape[1],
+        dataset=dataset,
+        seed=tcfg.seed,
     )
     res = train(model, x, y, tcfg, device=device, desc=desc)
     info = {
@@ -309,4 +314,133 @@ def cleanse_and_retrain(
         "evaluation": evaluate_backdoor(model, pset),
         "artifacts": ctx.artifacts,
         "model": model,
+    }
+
+
+def write_scores(path: str | os.PathLike, pset: PoisonedSet, scores, removed, protected=None):
+    """Per-example scores as CSV: index, score, kept, probe, label, true label, attack."""
+    import csv
+    import io
+
+    from detox.utils.io import atomic_write_text
+
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["index", "score", "kept", "probe", "label", "true_label", "attack_id"])
+    prot = protected if protected is not None else np.zeros(len(scores), bool)
+    for i, (s, r, p, y, yt, a) in enumerate(
+        zip(scores, removed, prot, pset.y.tolist(), pset.y_true.tolist(), pset.attack_id.tolist())
+    ):
+        w.writerow([i, f"{s:.6g}", int(not r), int(p), y, yt, a])
+    atomic_write_text(path, buf.getvalue())
+
+
+def detector_figures(
+    out_dir: str | os.PathLike, name: str, pset: PoisonedSet, result: dict
+) -> list[Path]:
+    """Score histogram and ROC of a detector run into ``out_dir``."""
+    from detox.plots.detection import roc_plot, score_histogram
+
+    out = Path(out_dir)
+    aid = pset.attack_id.numpy()
+    s, r = result["scores"], result["removed"]
+    cut = float(s[r].min()) if r.any() else None
+    return [
+        score_histogram(s, aid, pset.attack_names, out / f"{name}_hist.png", f"{name} scores", cut),
+        roc_plot(s, aid, pset.attack_names, out / f"{name}_roc.png", f"{name} ROC"),
+    ]
+
+
+def run_defense(
+    name: str,
+    preset: str,
+    pset: PoisonedSet,
+    victim: nn.Module,
+    tcfg: TrainConfig,
+    device: torch.device | str,
+    seed: int,
+    out_dir: str | os.PathLike,
+    progress: bool = True,
+    cache: bool = True,
+) -> dict[str, Any]:
+    """Run one defense by name against ``victim`` / ``pset`` and write its outputs.
+
+    Detectors: score -> cut -> retrain -> evaluate, scores CSV and figures. Purifiers:
+    evaluate the victim on purified test inputs. Returns the evaluation (and detection
+    metrics for detectors) as plain data.
+    """
+    from detox.defenses.detectors import DETECTORS, build_detector
+
+    if name in DETECTORS:
+        det = build_detector(name, preset)
+        probes = None
+        if det.needs_probes:
+            probes = select_clean_probes(
+                pset,
+                int(det.config.n_probes),
+                seed,
+                class_balanced=bool(getattr(det.config, "class_balanced_probes", False)),
+            )
+        res = cleanse_and_retrain(
+            pset, det, tcfg, device, victim, probes, seed, progress=progress, cache=cache
+        )
+        write_scores(
+            Path(out_dir) / f"{name}_scores.csv",
+            pset,
+            res["scores"],
+            res["removed"],
+            res["protected"],
+        )
+        detector_figures(out_dir, name, pset, res)
+        plot = getattr(det, "plot_artifacts", None)
+        if plot is not None:
+            plot(res["artifacts"], pset, Path(out_dir))
+        return {
+            "kind": "detector",
+            "config": asdict(det.config),
+            "evaluation": res["evaluation"],
+            "detection": res["detection"],
+            "n_kept": res["n_kept"],
+            "score_seconds": res["score_seconds"],
+            "retrain": res["retrain"],
+        }
+    try:
+        from detox.defenses.purifiers import PURIFIERS, build_purifier
+    except ImportError:  # pragma: no cover - purifiers not installed
+        PURIFIERS = None  # type: ignore[assignment]
+    if PURIFIERS is not None and name in PURIFIERS:
+        pur = build_purifier(name, preset)
+        return purified_evaluation(pur, victim, pset, device, seed, progress)
+    valid = DETECTORS.names() + (PURIFIERS.names() if PURIFIERS is not None else [])
+    raise ConfigError(f"unknown defense {name!r}; valid defenses: {', '.join(sorted(valid))}")
+
+
+def purified_evaluation(
+    purifier: Any,
+    victim: nn.Module,
+    pset: PoisonedSet,
+    device: torch.device | str,
+    seed: int,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """CA on purified clean test images, PA and ASR on purified triggered ones."""
+    import time
+
+    from detox.defenses.purifiers import purify_all
+
+    t0 = time.perf_counter()
+    n = [0]
+
+    def transform(x: torch.Tensor) -> torch.Tensor:
+        n[0] += len(x)
+        return purify_all(purifier, x, device=device, seed=seed, progress=progress)
+
+    ev = evaluate_backdoor(victim, pset, transform=transform)
+    secs = time.perf_counter() - t0
+    return {
+        "kind": "purifier",
+        "config": asdict(purifier.config),
+        "evaluation": ev,
+        "purify_seconds": round(secs, 2),
+        "images_per_second": round(n[0] / max(secs, 1e-9), 3),
     }

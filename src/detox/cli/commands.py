@@ -1,3 +1,3 @@
 """Imports every sub-command module so that each registers itself."""
 
-from detox.cli import data_cmd, train_cmd  # noqa: F401
+from detox.cli import attack_cmd, data_cmd, run_cmd, train_cmd  # noqa: F401

@@ -82,6 +82,7 @@ def run_train(args: argparse.Namespace) -> int:
         width=tcfg.width,
         in_channels=train_ds.x.shape[1],
         dataset=train_ds.meta.get("dataset", dcfg.dataset),
+        seed=tcfg.seed,
     )
     res = train(
         model,

@@ -65,8 +65,10 @@ def build_model(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     dataset: str | None = None,
+    seed: int | None = None,
 ) -> Classifier:
-    """Build a registered classifier. ``width`` multiplies every channel count."""
+    """Build a registered classifier. ``width`` multiplies every channel count; ``seed``
+    (when given) fixes the initial weights."""
     factory = MODELS.get(name)
     if num_classes < 2:
         raise ConfigError(f"num_classes must be >= 2, got {num_classes}")
@@ -76,6 +78,8 @@ def build_model(
         mean, std = normalization_for(dataset or "")
     if len(mean) != in_channels:
         mean, std = (mean[0],) * in_channels, (std[0],) * in_channels
+    if seed is not None:
+        torch.manual_seed(int(seed))
     backbone = factory(num_classes=num_classes, width=width, in_channels=in_channels)
     meta = {
         "name": name.lower(),

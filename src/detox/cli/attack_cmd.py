@@ -1,0 +1,102 @@
+"""``detox poison`` (write a PoisonedSet artefact) and ``detox show`` (draw it)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from detox.cli import COMMANDS, add_common
+
+
+def add_attack_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", default="cifar10", help="registered name or a path")
+    p.add_argument(
+        "--attack",
+        default=None,
+        help="attack spec(s), comma-separated, e.g. badnets,blended or badnets:ratio=0.05",
+    )
+    p.add_argument("--suite", default=None, help="named multi-attack suite, e.g. badloss-cifar10")
+    p.add_argument(
+        "--ratio", type=float, default=None, help="poisoning ratio of every attack given"
+    )
+    p.add_argument(
+        "--target", default=None, help="target class of every attack given (or 'random')"
+    )
+
+
+def attack_specs(args: argparse.Namespace):
+    """The attack specs of ``--attack``/``--suite`` with ``--ratio``/``--target`` applied."""
+    from detox.attacks import parse_attacks
+
+    specs = parse_attacks(args.attack) if args.attack else []
+    for s in specs:
+        if args.ratio is not None and s.ratio is None:
+            s.ratio = args.ratio
+            s.__post_init__()
+        if args.target is not None and s.target is None:
+            s.target = args.target
+            s.__post_init__()
+    if args.suite:
+        specs += parse_attacks(args.suite)
+    return specs
+
+
+@COMMANDS.register("poison")
+def register_poison(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("poison", help="poison a dataset and write the PoisonedSet artefact")
+    add_attack_args(p)
+    add_common(p, out=True)
+    p.set_defaults(func=run_poison)
+
+
+@COMMANDS.register("show")
+def register_show(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("show", help="draw clean vs poisoned examples of an artefact (PNG)")
+    p.add_argument("artefact", help="folder written by `detox poison`")
+    p.add_argument("--out", default=None, help="PNG path (default: <artefact>/samples.png)")
+    p.add_argument("--n", type=int, default=4, help="examples per attack")
+    p.set_defaults(func=run_show)
+
+
+def run_poison(args: argparse.Namespace) -> int:
+    from detox.config import asdict, parse_overrides
+    from detox.pipeline import make_poisoned_set, resolve_configs
+    from detox.runs import RunDir
+    from detox.utils.device import resolve_device
+
+    specs = attack_specs(args)
+    if not specs:
+        from detox.errors import ConfigError
+
+        raise ConfigError("give --attack and/or --suite")
+    dcfg, _, ecfg = resolve_configs(
+        args.preset, args.dataset, args.seed, parse_overrides(args.overrides)
+    )
+    device = resolve_device(args.device)
+    pset = make_poisoned_set(dcfg, specs, args.seed, args.data_dir, device, ecfg.test_limit)
+    run = RunDir(args.out)
+    run.write_config(
+        "poison",
+        {
+            "preset": args.preset,
+            "data": asdict(dcfg),
+            "experiment": asdict(ecfg),
+            "attacks": pset.attacks,
+            "seed": args.seed,
+        },
+    )
+    pset.save(run.path)
+    run.write_summary(pset.summary())
+    print(f"poisoned set: {pset.summary()} -> {run.path}")
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    from detox.data import PoisonedSet
+    from detox.plots.samples import attack_grid
+
+    pset = PoisonedSet.load(args.artefact)
+    out = Path(args.out) if args.out else Path(args.artefact) / "samples.png"
+    attack_grid(pset, out, n=args.n)
+    print(f"wrote {out}")
+    return 0
