@@ -57,8 +57,11 @@ def make_config(cls: type[C], preset: str | None = None, **overrides: Any) -> C:
     values: dict[str, Any] = {}
     presets: dict[str, dict[str, Any]] = getattr(cls, "PRESETS", {})
     if preset is not None:
-        if preset not in PRESET_NAMES:
-            raise ConfigError(f"preset {preset!r}: expected one of {', '.join(PRESET_NAMES)}")
+        valid = list(dict.fromkeys([*PRESET_NAMES, *presets]))
+        if preset not in valid:
+            raise ConfigError(
+                f"preset {preset!r} of {cls.__name__}: expected one of {', '.join(valid)}"
+            )
         values.update(presets.get(preset, {}))
     values.update({k: v for k, v in overrides.items() if v is not None})
     hints = typing.get_type_hints(cls)
