@@ -1,0 +1,213 @@
+"""The purifier interface (test-time defenses).
+
+A purifier maps input images to cleaned images before they reach the (untouched,
+possibly backdoored) classifier: ``purifier.purify(x)`` with ``x`` float in [0, 1], shape
+(B, C, H, W), on any device, returns a tensor of the same shape, dtype and device.
+
+Randomness: every image gets its own noise stream, seeded from ``(seed, position)`` where
+``position`` is the image's index in the overall input (``start_index`` + its row). So a
+result depends on the seed and on which image it is, never on the batch size or on how a
+dataset was split into batches (:func:`purify_all` passes the running offset).
+
+Each purifier declares its hyper-parameters once, in a config dataclass (``Config``)
+with ``PRESETS``; :func:`build_purifier` makes one by name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any, ClassVar, TypeVar
+
+import torch
+from tqdm.auto import tqdm
+
+from detox.config import make_config
+from detox.data.base import to_float, to_uint8
+from detox.errors import ConfigError
+from detox.registry import Registry
+from detox.utils.device import resolve_device
+from detox.utils.seed import derive_seed
+
+C = TypeVar("C")
+
+
+def purifier_config(cls: type[C], preset: str | None = None, **overrides: Any) -> C:
+    """Like :func:`detox.config.make_config`, but ``preset`` may be any key of
+    ``cls.PRESETS`` (SampDetox has ``paper`` and ``code`` besides ``smoke``/``quick``)."""
+    presets: dict[str, dict[str, Any]] = getattr(cls, "PRESETS", {})
+    values: dict[str, Any] = {}
+    if preset is not None:
+        if preset not in presets:
+            raise ConfigError(
+                f"{cls.__name__}: preset {preset!r}: expected one of {', '.join(presets)}"
+            )
+        values.update(presets[preset])
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return make_config(cls, None, **values)
+
+
+class NoiseStreams:
+    """One seeded generator per image: ``(seed, start_index + row)``.
+
+    :meth:`randn` returns the next standard-normal draw of shape (C, H, W) for every image,
+    stacked (B, C, H, W) on ``device``. Each image draws from its own stream in a fixed
+    order (in blocks of :attr:`BLOCK` draws), so its noise does not depend on the batch
+    size or on the other images of the batch. Generators live on the CPU, or on the GPU
+    for CUDA inputs (one small kernel per image per block instead of CPU sampling and a
+    copy): results are reproducible per device type, CPU and CUDA streams differ.
+    """
+
+    BLOCK = 8  # draws fetched per image at a time
+
+    def __init__(
+        self,
+        seed: int,
+        indices: Sequence[int] | torch.Tensor,
+        shape: tuple[int, int, int],
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.shape = tuple(int(s) for s in shape)
+        self.device = torch.device(device)
+        self._gen_device = self.device if self.device.type == "cuda" else torch.device("cpu")
+        self.generators = [
+            torch.Generator(device=self._gen_device).manual_seed(
+                derive_seed(int(seed), "purify", int(i))
+            )
+            for i in (indices.tolist() if torch.is_tensor(indices) else indices)
+        ]
+        self._buf: torch.Tensor | None = None
+        self._pos = 0
+
+    def __len__(self) -> int:
+        return len(self.generators)
+
+    def randn(self) -> torch.Tensor:
+        if self._buf is None or self._pos == self.BLOCK:
+            draws = [
+                torch.randn((self.BLOCK, *self.shape), generator=g, device=self._gen_device)
+                for g in self.generators
+            ]
+            self._buf = torch.stack(draws, 1).to(self.device, non_blocking=True)
+            self._pos = 0
+        out = self._buf[self._pos]
+        self._pos += 1
+        return out
+
+
+class Purifier(ABC):
+    """Base class of test-time purifiers. Subclasses implement :meth:`_purify_batch`."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type]
+
+    def __init__(self, config: Any | None = None) -> None:
+        self.config = config if config is not None else make_config(self.Config)
+        self.device = torch.device("cpu")
+        self.warnings: list[str] = []
+
+    def to(self, device: str | torch.device) -> Purifier:
+        self.device = resolve_device(device)
+        return self
+
+    @property
+    def batch_size(self) -> int:
+        return int(getattr(self.config, "batch_size", 256))
+
+    def purify(
+        self,
+        x: torch.Tensor,
+        seed: int | None = None,
+        start_index: int = 0,
+        batch_size: int | None = None,
+    ) -> torch.Tensor:
+        """Purified ``x`` (float [0, 1], B x C x H x W), same shape/dtype/device as ``x``.
+
+        ``seed`` defaults to ``config.seed``; ``start_index`` is the position of ``x[0]``
+        in the overall input (noise is derived from ``(seed, start_index + row)``).
+        Large inputs are processed in chunks of ``batch_size`` (default
+        ``config.batch_size``); the result does not depend on it.
+        """
+        check_images(x)
+        seed = int(getattr(self.config, "seed", 0) if seed is None else seed)
+        bs = int(batch_size or self.batch_size)
+        outs = []
+        for i in range(0, len(x), bs):
+            xb = x[i : i + bs].to(self.device, torch.float32)
+            outs.append(self._purify_batch(xb, seed, start_index + i).to(x.device, x.dtype))
+        if not outs:
+            return x.clone()
+        return torch.cat(outs)
+
+    __call__ = purify
+
+    @abstractmethod
+    def _purify_batch(self, x: torch.Tensor, seed: int, start_index: int) -> torch.Tensor:
+        """Purify one batch (float32 [0, 1] on ``self.device``)."""
+
+    def describe(self) -> dict[str, Any]:
+        """Name, resolved settings and warnings, for run configs and summaries."""
+        return {
+            "name": self.name,
+            "config": dataclasses.asdict(self.config),
+            "warnings": list(self.warnings),
+        }
+
+
+def check_images(x: Any) -> None:
+    if not torch.is_tensor(x) or x.ndim != 4 or not x.is_floating_point():
+        raise ConfigError(
+            "purify: expected a float tensor (B, C, H, W) in [0, 1], got "
+            + (f"{x.dtype} {tuple(x.shape)}" if torch.is_tensor(x) else type(x).__name__)
+        )
+
+
+def purify_all(
+    purifier: Purifier,
+    x_uint8: torch.Tensor,
+    batch_size: int | None = None,
+    device: str | torch.device = "auto",
+    progress: bool = True,
+    seed: int | None = None,
+    desc: str | None = None,
+) -> torch.Tensor:
+    """Purify a whole uint8 image set (N, C, H, W) batch by batch; returns uint8 on CPU.
+
+    Image ``k`` of the set always gets the noise of position ``k``, whatever
+    ``batch_size`` is.
+    """
+    if not torch.is_tensor(x_uint8) or x_uint8.dtype != torch.uint8 or x_uint8.ndim != 4:
+        raise ConfigError("purify_all: expected uint8 images (N, C, H, W)")
+    purifier.to(device)
+    bs = int(batch_size or purifier.batch_size)
+    out = torch.empty_like(x_uint8, device="cpu")
+    with tqdm(
+        total=len(x_uint8),
+        desc=desc or f"purify ({purifier.name})",
+        disable=not progress,
+        unit="img",
+        dynamic_ncols=True,
+    ) as bar:
+        for i in range(0, len(x_uint8), bs):
+            xb = to_float(x_uint8[i : i + bs], purifier.device)
+            xp = purifier.purify(xb, seed=seed, start_index=i, batch_size=bs)
+            out[i : i + bs] = to_uint8(xp).cpu()
+            bar.update(len(xb))
+    return out
+
+
+PURIFIERS: Registry[type[Purifier]] = Registry("purifier")
+
+
+def build_purifier(
+    name: str, preset: str | None = None, *, model: Any = None, **overrides: Any
+) -> Purifier:
+    """A registered purifier with its config from ``preset`` and ``overrides``.
+
+    ``model``: an already loaded model the purifier needs (SampDetox: a
+    :class:`~detox.diffusion.DiffusionModel`); otherwise it loads one from its config.
+    """
+    cls = PURIFIERS.get(name)
+    cfg = purifier_config(cls.Config, preset, **overrides)
+    return cls(cfg, model=model) if model is not None else cls(cfg)

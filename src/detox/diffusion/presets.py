@@ -1,0 +1,163 @@
+"""Settings of diffusion-model training: one typed config, named presets.
+
+Presets (any value can be overridden again):
+
+* ``smoke``: a tiny UNet (channels (16, 32), 1 res-block, no attention, ~0.2M parameters),
+  a handful of steps. For tests only: it learns nothing useful.
+* ``quick`` (alias ``cpu``): the CPU-sized UNet of CALIBRATION.md (channels (32, 64, 128),
+  1 res-block, no attention, 2.5M parameters, ~100 train img/s on 2 cores), cosine
+  schedule, timesteps sampled from [0, 120) only (see ``t_max``), 5,000 steps of 64
+  images (~1 hour on 2 cores). Expect a weak model: CALIBRATION.md shows that clean
+  accuracy after SampDetox is decided by the diffusion model's quality. Raise ``steps``
+  (or set ``max_minutes``) and train in the background for better results.
+* ``paper``: the DDPM CIFAR-10 network (128 channels, multipliers (1, 2, 2, 2),
+  attention at 16x16, 2 res-blocks, dropout 0.1, 35.7M parameters), all 1000 timesteps,
+  125,000 steps of 80 images (= the authors' 200 epochs of CIFAR-10), for a GPU.
+
+``t_max``: training samples timesteps uniformly from ``[0, t_max)``. SampDetox only ever
+noises an image to level ``max(t1, T2)`` and evaluates the network at timesteps
+``< max(t1, T2)`` (120 for both the ``paper`` and ``code`` purifier presets), so a model
+trained on ``[0, 120)`` spends all its capacity where it is used. Such a model is *only*
+valid for purifier settings with ``max(t1, T2) <= t_max``; ``t_max`` is saved in
+``detox_diffusion.json`` and the purifier refuses settings beyond it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any, TypeVar
+
+from detox.config import make_config
+from detox.errors import ConfigError
+
+C = TypeVar("C")
+
+
+def preset_config(cls: type[C], preset: str | None = None, **overrides: Any) -> C:
+    """Like :func:`detox.config.make_config`, but a preset may be any key of ``cls.PRESETS``
+    (diffusion training has ``cpu``; SampDetox has ``code``)."""
+    presets: dict[str, dict[str, Any]] = getattr(cls, "PRESETS", {})
+    values: dict[str, Any] = {}
+    if preset is not None:
+        if preset not in presets:
+            raise ConfigError(
+                f"{cls.__name__}: preset {preset!r}: expected one of {', '.join(presets)}"
+            )
+        values.update(presets[preset])
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return make_config(cls, None, **values)
+
+
+@dataclasses.dataclass
+class DiffusionTrainConfig:
+    """Diffusion training settings. Source tags: [code] the SampDetox authors' code,
+    [ddpm] the DDPM paper/code, [open] chosen here."""
+
+    # -- network (diffusers UNet2DModel) --
+    block_out_channels: tuple[int, ...] = (128, 256, 256, 256)  # channels per level [ddpm]
+    layers_per_block: int = 2  # res-blocks per level [ddpm, code]
+    attention_resolutions: tuple[int, ...] = (16,)  # pixels; levels with self-attention [ddpm]
+    mid_attention: bool = True  # attention in the bottleneck block [ddpm]
+    dropout: float = 0.1  # train-time dropout [ddpm]; [code] 0.15
+    norm_num_groups: int = 32  # GroupNorm groups (must divide every channel count)
+    # -- noise schedule --
+    beta_schedule: str = "cosine"  # linear | cosine (squaredcos_cap_v2) [paper]; [code] linear
+    num_train_timesteps: int = 1000  # T [paper, code]
+    beta_start: float = 1e-4  # first beta (linear schedule) [code]
+    beta_end: float = 0.02  # last beta (linear schedule) [code]
+    t_max: int | None = None  # timesteps sampled from [0, t_max); None = T [open]
+    # -- optimisation --
+    steps: int = 125_000  # optimiser steps; [code] 200 epochs x 625 batches of 80
+    batch_size: int = 80  # images per step [code]
+    lr: float = 1e-4  # AdamW peak learning rate [paper, code]
+    weight_decay: float = 1e-4  # AdamW weight decay [code]
+    warmup_steps: int = 12_500  # linear warm-up, then cosine to 0 [code: 10% of training]
+    grad_clip: float = 1.0  # max gradient L2 norm [code]
+    ema_decay: float = 0.9999  # EMA of weights, saved as the model; 0 = no EMA [ddpm]
+    flip: bool = True  # random horizontal flip [code]
+    amp: bool = True  # bf16 autocast on CUDA (never on CPU) [open]
+    # -- bookkeeping --
+    log_every: int = 100  # steps per loss-log entry
+    checkpoint_every: int = 2_000  # steps between checkpoints (and at the end)
+    max_minutes: float = 0.0  # stop (and save) after this wall time; 0 = no limit
+    resume: bool = True  # continue from out_dir/train_state.pt when it exists
+    seed: int = 0  # init, batches, timesteps and noise
+    progress: bool = True  # progress bar
+
+    PRESETS: typing.ClassVar[dict[str, dict[str, Any]]] = {
+        "smoke": {
+            "block_out_channels": (16, 32),
+            "layers_per_block": 1,
+            "attention_resolutions": (),
+            "mid_attention": False,
+            "dropout": 0.0,
+            "norm_num_groups": 8,
+            "t_max": 120,
+            "steps": 8,
+            "batch_size": 16,
+            "warmup_steps": 2,
+            "ema_decay": 0.9,
+            "log_every": 2,
+            "checkpoint_every": 1000,
+        },
+        "quick": {
+            # CALIBRATION.md: (32, 64, 128), 1 layer, no attention: 2.5M params, 103 img/s
+            "block_out_channels": (32, 64, 128),
+            "layers_per_block": 1,
+            "attention_resolutions": (),
+            "mid_attention": False,
+            "dropout": 0.0,
+            "t_max": 120,
+            "steps": 5_000,
+            "batch_size": 64,
+            "warmup_steps": 250,
+            "ema_decay": 0.999,
+            "log_every": 50,
+            "checkpoint_every": 500,
+        },
+        "paper": {},
+    }
+    PRESETS["cpu"] = PRESETS["quick"]
+
+    def validate(self) -> None:
+        from detox.diffusion.backend import normalize_schedule
+
+        normalize_schedule(self.beta_schedule)
+        if self.steps < 0 or self.batch_size < 1 or self.lr <= 0:
+            raise ConfigError("steps must be >= 0, batch_size >= 1 and lr > 0")
+        if self.t_max is not None and not 1 <= self.t_max <= self.num_train_timesteps:
+            raise ConfigError(
+                f"t_max={self.t_max}: expected 1 <= t_max <= num_train_timesteps "
+                f"({self.num_train_timesteps})"
+            )
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"ema_decay={self.ema_decay}: expected 0 <= ema_decay < 1")
+        if self.log_every < 1 or self.checkpoint_every < 1:
+            raise ConfigError("log_every and checkpoint_every must be >= 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout={self.dropout}: expected 0 <= dropout < 1")
+
+    @property
+    def effective_t_max(self) -> int:
+        return int(self.t_max or self.num_train_timesteps)
+
+    def architecture(self) -> dict[str, Any]:
+        """The settings that define the network (must match to resume a checkpoint)."""
+        keys = (
+            "block_out_channels",
+            "layers_per_block",
+            "attention_resolutions",
+            "mid_attention",
+            "norm_num_groups",
+            "beta_schedule",
+            "num_train_timesteps",
+            "beta_start",
+            "beta_end",
+        )
+        return {k: getattr(self, k) for k in keys}
+
+
+def make_train_config(preset: str | None = None, **overrides: Any) -> DiffusionTrainConfig:
+    """``DiffusionTrainConfig`` from a preset (``smoke``, ``quick``/``cpu``, ``paper``)."""
+    return preset_config(DiffusionTrainConfig, preset, **overrides)
