@@ -55,6 +55,14 @@ def register_show(sub: argparse._SubParsersAction) -> None:
     p.add_argument("artefact", help="folder written by `detox poison`")
     p.add_argument("--out", default=None, help="PNG path (default: <artefact>/samples.png)")
     p.add_argument("--n", type=int, default=4, help="examples per attack")
+    p.add_argument(
+        "--diffusion",
+        default=None,
+        help="also draw the SampDetox figure (poisoned, stage 1, trigger map, purified) "
+        "with this diffusion model (folder or hub id)",
+    )
+    p.add_argument("--defense-preset", default="paper", help="SampDetox preset for the figure")
+    p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run_show)
 
 
@@ -99,4 +107,18 @@ def run_show(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.artefact) / "samples.png"
     attack_grid(pset, out, n=args.n)
     print(f"wrote {out}")
+    if args.diffusion:
+        from detox.data import to_float
+        from detox.defenses.purifiers import build_purifier
+        from detox.plots.purification import sampdetox_figure
+
+        pur = build_purifier("sampdetox", args.defense_preset, diffusion=args.diffusion)
+        rows = {}
+        for name, t in pset.triggered.items():
+            r = pur.purify(to_float(t.x[:1]), seed=args.seed, return_intermediates=True)
+            rows[name] = {"x": to_float(t.x[0]), "stage1": r.stage1[0], "grey": r.grey[0],
+                          "final": r.x[0]}  # fmt: skip
+        fig = out.with_name(out.stem + "_sampdetox.png")
+        sampdetox_figure(rows, fig, f"SampDetox ({args.defense_preset})")
+        print(f"wrote {fig}")
     return 0

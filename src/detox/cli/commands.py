@@ -1,3 +1,11 @@
 """Imports every sub-command module so that each registers itself."""
 
-from detox.cli import attack_cmd, data_cmd, run_cmd, train_cmd  # noqa: F401
+from detox.cli import (  # noqa: F401
+    attack_cmd,
+    data_cmd,
+    diffusion_cmd,
+    purify_cmd,
+    run_cmd,
+    scan_cmd,
+    train_cmd,
+)

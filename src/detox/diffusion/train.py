@@ -127,7 +127,7 @@ def train_diffusion(
     prior_seconds = 0.0
 
     if out is not None and cfg.resume and (out / STATE_FILE).is_file():
-        state = torch.load(out / STATE_FILE, map_location="cpu", weights_only=False)
+        state = torch.load(out / STATE_FILE, map_location="cpu", weights_only=True)
         if state.get("architecture") != cfg.architecture():
             raise ConfigError(
                 f"{out / STATE_FILE}: the checkpoint's network/schedule settings "

@@ -1,0 +1,288 @@
+"""Poison a training set with one or several attacks: ``poison(train, attacks, seed, test)``.
+
+For each attack, in the order given:
+
+1. **target**: the spec's class, a seeded random class (``target="random"``: distinct per
+   attack while the classes last; clean-label attacks only get a class with enough free
+   images), or the attack's default;
+2. **pool**: dirty label: free examples whose label the target map changes (all-to-one:
+   not already of the target class; source-specific: of the source classes); clean label:
+   free examples of the target class. "Free" = not taken by an earlier attack, so attacks
+   poison *disjoint* subsets and no example is picked twice;
+3. **count**: ``floor(ratio x N)`` (dirty: N = training-set size; clean: N = size of the
+   target class), at least ``min_count`` and 1; too few free examples is a ConfigError;
+4. **indices**: a seeded random choice from the pool (sorted);
+5. the trigger is applied in fixed chunks on ``device``; labels become the target map's
+   (dirty) or stay (clean); ``attack_id`` records the attack;
+6. **extras** (WaNet noise, BPP negatives): more free examples, modified but correctly
+   labelled; ``attack_id`` stays -1, the spec records ``extra_kind``, ``n_extra`` and
+   ``extra_index``;
+7. **triggered test set**: test images whose label the target map changes (all-to-one: true
+   label != target), triggered with the test-time trigger, with ``y_target``.
+
+Every random choice derives from ``seed`` (and the attack's position and name), so the same
+call gives the same PoisonedSet on any device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+
+from detox.attacks.base import ATTACKS, Attack
+from detox.attacks.spec import AttackSpec, parse_attacks
+from detox.attacks.targets import TargetMap, poison_count
+from detox.data.base import ImageDataset
+from detox.data.poisoned import PoisonedSet, TriggeredSet
+from detox.errors import ConfigError
+from detox.utils.seed import derive_seed, torch_generator
+
+
+def poison(
+    train: ImageDataset,
+    attacks: Any,
+    seed: int = 0,
+    test: ImageDataset | None = None,
+    *,
+    device: torch.device | str = "cpu",
+    test_limit: int | None = None,
+) -> PoisonedSet:
+    """Poison ``train`` with ``attacks`` (specs, strings like ``"badnets,blended"``, or a
+    suite name) and build each attack's triggered test set from ``test``.
+
+    ``test_limit`` caps each triggered test set (a seeded subset of the eligible images).
+    See the module docstring for the procedure.
+    """
+    specs = parse_attacks(attacks)
+    if not isinstance(train, ImageDataset):
+        raise ConfigError("poison: train must be an ImageDataset")
+    if test is not None and test.image_shape != train.image_shape:
+        raise ConfigError(
+            f"poison: test images are {test.image_shape}, training images {train.image_shape}"
+        )
+    if test_limit is not None and test_limit < 1:
+        raise ConfigError(f"test_limit={test_limit}: expected >= 1")
+    device = torch.device(device) if isinstance(device, str) else device
+    n, k = len(train), train.num_classes
+    y_true = train.y.clone()
+    x = train.x.clone()
+    y = y_true.clone()
+    attack_id = torch.full((n,), -1, dtype=torch.int64)
+    taken = torch.zeros(n, dtype=torch.bool)
+    class_counts = torch.bincount(y_true, minlength=k)
+    target_order = torch.randperm(k, generator=torch_generator(derive_seed(seed, "targets")))
+    used_targets: set[int] = set()
+    names = _unique_names([s.name for s in specs])
+    records: list[dict[str, Any]] = []
+    triggered: dict[str, TriggeredSet] = {}
+
+    for i, (spec, uname) in enumerate(zip(specs, names)):
+        cls = ATTACKS.get(spec.name)
+        defaults = cls.Config()
+        ratio = spec.ratio if spec.ratio is not None else defaults.ratio
+        label_mode = spec.label_mode or cls.label_mode
+        clean = label_mode == "clean"
+        if clean and spec.target_mode == "all2all":
+            raise ConfigError(f"attack {uname!r}: a clean-label attack cannot be all-to-all")
+
+        def needed(t: int | None, spec=spec, ratio=ratio, clean=clean) -> int:
+            if clean:
+                return poison_count(ratio, int(class_counts[t]), spec.min_count)
+            return poison_count(ratio, n, spec.min_count)
+
+        def pool(tmap: TargetMap, clean=clean) -> torch.Tensor:
+            if clean:
+                return (~taken & (y_true == tmap.target)).nonzero().flatten()
+            return (~taken & tmap.eligible(y_true)).nonzero().flatten()
+
+        free = torch.bincount(y_true[~taken], minlength=k)  # free examples per class
+
+        def fits(t: int, spec=spec, needed=needed, clean=clean, free=free) -> bool:
+            if clean:
+                n_free = int(free[t])
+            elif spec.target_mode == "source":
+                n_free = sum(int(free[s]) for s in set(spec.source_classes or ()) if s != t)
+            else:
+                n_free = int(free.sum() - free[t])
+            return n_free >= needed(t)
+
+        # 1. target
+        if spec.target_mode == "all2all":
+            target = None
+        elif spec.target == "random":
+            target = _random_target(uname, ratio, spec, target_order, used_targets, fits)
+        else:
+            target = spec.target if spec.target is not None else defaults.target
+        tmap = TargetMap(spec.target_mode, target, spec.source_classes, k)
+
+        # 2-4. pool, count, indices
+        count = needed(target)
+        candidates = pool(tmap)
+        if count > len(candidates):
+            what = (
+                f"images of the target class {target} ({int(class_counts[target])} in all)"
+                if clean
+                else "examples whose label it would change"
+            )
+            raise ConfigError(
+                f"attack {uname!r}: needs {count} examples (ratio {ratio}"
+                f"{', min_count ' + str(spec.min_count) if spec.min_count else ''}) but only "
+                f"{len(candidates)} free {what} remain"
+            )
+        g_sel = torch_generator(derive_seed(seed, "select", i, spec.name))
+        idx = candidates[torch.randperm(len(candidates), generator=g_sel)[:count]].sort().values
+        taken[idx] = True
+
+        # 5. trigger
+        params = dict(spec.params)
+        attack: Attack = cls(
+            seed=derive_seed(seed, "attack", i, spec.name),
+            target_map=tmap,
+            label_mode=spec.label_mode,
+            ratio=ratio,
+            target=target if target is not None else defaults.target,
+            **params,
+        )
+        attack.check_shape(train.image_shape)
+        attack.prepare(train)
+        g_apply = torch_generator(derive_seed(seed, "apply", i, spec.name))
+        x[idx] = attack.apply_uint8(train.x[idx], device=device, generator=g_apply)
+        if not clean:
+            y[idx] = tmap(y_true[idx])
+        attack_id[idx] = i
+
+        # 6. extras
+        n_extra = attack.n_extra(count, n)
+        extra_idx = torch.zeros(0, dtype=torch.int64)
+        if n_extra:
+            free = (~taken).nonzero().flatten()
+            if n_extra > len(free):
+                raise ConfigError(
+                    f"attack {uname!r}: needs {n_extra} extra {attack.extra_kind} examples "
+                    f"but only {len(free)} free examples remain"
+                )
+            g_extra = torch_generator(derive_seed(seed, "extra-select", i, spec.name))
+            extra_idx = free[torch.randperm(len(free), generator=g_extra)[:n_extra]].sort().values
+            taken[extra_idx] = True
+            g = torch_generator(derive_seed(seed, "extra", i, spec.name))
+            x[extra_idx] = attack.apply_uint8(
+                train.x[extra_idx], extra=True, device=device, generator=g
+            )
+
+        # 7. triggered test set
+        n_test = 0
+        if test is not None:
+            tidx = tmap.eligible(test.y).nonzero().flatten()
+            if test_limit is not None and len(tidx) > test_limit:
+                g_t = torch_generator(derive_seed(seed, "test-select", i, spec.name))
+                tidx = tidx[torch.randperm(len(tidx), generator=g_t)[:test_limit]].sort().values
+            if len(tidx):
+                g_t = torch_generator(derive_seed(seed, "test", i, spec.name))
+                xt = attack.apply_uint8(test.x[tidx], train=False, device=device, generator=g_t)
+                triggered[uname] = TriggeredSet(xt, test.y[tidx].clone(), tmap(test.y[tidx]), tidx)
+            n_test = len(tidx)
+
+        records.append(_record(uname, spec, attack, tmap, ratio, count, train, extra_idx, n_test))
+
+    source = dict(train.meta)
+    source.setdefault("name", train.name)
+    return PoisonedSet(
+        x=x,
+        y=y,
+        y_true=y_true,
+        attack_id=attack_id,
+        classes=list(train.classes),
+        attacks=records,
+        seed=int(seed),
+        source=source,
+        test=test,
+        triggered=triggered,
+    )
+
+
+def _unique_names(names: list[str]) -> list[str]:
+    out, seen = [], {}
+    for nm in names:
+        seen[nm] = seen.get(nm, 0) + 1
+        out.append(nm if seen[nm] == 1 else f"{nm}-{seen[nm]}")
+    return out
+
+
+def _random_target(uname, ratio, spec, order: torch.Tensor, used: set[int], fits) -> int:
+    """The first class in the seeded ``order`` that no earlier attack targets and that has
+    room for the attack; else the first class with room (targets may then repeat)."""
+    first_fit = None
+    for t in (int(c) for c in order):
+        if t in used and first_fit is not None:
+            continue
+        if fits(t):
+            if t not in used:
+                used.add(t)
+                return t
+            first_fit = t
+    if first_fit is None:
+        raise ConfigError(
+            f"attack {uname!r}: no class has enough free examples for ratio {ratio}"
+            f"{' and min_count ' + str(spec.min_count) if spec.min_count else ''}"
+        )
+    return first_fit
+
+
+def _record(
+    uname: str,
+    spec: AttackSpec,
+    attack: Attack,
+    tmap: TargetMap,
+    ratio: float,
+    count: int,
+    train: ImageDataset,
+    extra_idx: torch.Tensor,
+    n_test: int,
+) -> dict[str, Any]:
+    params = dataclasses.asdict(attack.config)
+    params.pop("ratio", None)
+    params.pop("target", None)
+    return {
+        "name": uname,
+        "attack": attack.name,
+        "label_mode": attack.label_mode,
+        **tmap.to_dict(),
+        "ratio": ratio,
+        "ratio_of": "target_class" if attack.label_mode == "clean" else "train",
+        "min_count": spec.min_count,
+        "n_poisoned": int(count),
+        "seed": attack.seed,
+        "params": params,
+        "effective_params": attack.effective_params(train.image_shape),
+        "large_image": attack.is_large(train.image_shape),
+        "extra_kind": attack.extra_kind,
+        "n_extra": len(extra_idx),
+        "extra_index": extra_idx.tolist(),
+        "n_triggered_test": n_test,
+        "spec": str(spec),
+    }
+
+
+def attack_from_record(record: dict[str, Any], num_classes: int) -> Attack:
+    """Rebuild the attack of a PoisonedSet ``attacks`` entry (same seed, same trigger).
+
+    Attacks that need the training set (Refool's reflection pool) also need ``prepare``.
+    """
+    tmap = TargetMap(
+        record.get("target_mode", "all2one"),
+        record.get("target"),
+        tuple(record["source_classes"]) if record.get("source_classes") else None,
+        num_classes,
+    )
+    cls = ATTACKS.get(record["attack"])
+    target = record.get("target")
+    config = cls.Config(
+        **record.get("params", {}),
+        ratio=record.get("ratio", 0.1),
+        target=target if target is not None else 0,
+    )
+    return cls(
+        config, seed=int(record["seed"]), target_map=tmap, label_mode=record.get("label_mode")
+    )

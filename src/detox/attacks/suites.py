@@ -1,0 +1,87 @@
+"""Named multi-attack suites (BaDLoss's simultaneous-attack benchmark, METHODS.md section 3).
+
+Each attack poisons a disjoint seeded subset and gets its own seeded random target class
+(distinct targets while there are enough classes; clean-label attacks only get a class with
+enough images). Ratios are of the whole training set, Sinusoid's of its target class.
+Narcissus (the seventh CIFAR-10 attack) needs an optimised trigger and is not part of these
+suites yet. Large-image settings (Patch squares, blend alpha 0.15, frequency magnitude 90)
+apply by image size, not by suite.
+"""
+
+from __future__ import annotations
+
+from detox.attacks.spec import SUITES, AttackSpec
+
+
+def _badloss(ratios: dict[str, float], sinusoid_min: int = 0) -> list[AttackSpec]:
+    return [
+        AttackSpec(
+            name,
+            ratio=r,
+            target="random",
+            min_count=sinusoid_min if name == "sinusoid" else 0,
+        )
+        for name, r in ratios.items()
+    ]
+
+
+@SUITES.register("badloss-cifar10")
+def badloss_cifar10() -> list[AttackSpec]:
+    """Patch, Single-pixel, Blend-R, Blend-P (1% each), Sinusoid (10% of its target
+    class), Frequency (1%)."""
+    return _badloss(
+        {
+            "patch": 0.01,
+            "single-pixel": 0.01,
+            "blend-random": 0.01,
+            "blend-pattern": 0.01,
+            "sinusoid": 0.10,
+            "frequency": 0.01,
+        }
+    )
+
+
+@SUITES.register("badloss-gtsrb")
+def badloss_gtsrb() -> list[AttackSpec]:
+    """Patch 2%, Single-pixel 4%, Blend-R 1%, Blend-P 1%, Sinusoid max(10% of its target
+    class, 300), Frequency 1%."""
+    return _badloss(
+        {
+            "patch": 0.02,
+            "single-pixel": 0.04,
+            "blend-random": 0.01,
+            "blend-pattern": 0.01,
+            "sinusoid": 0.10,
+            "frequency": 0.01,
+        },
+        sinusoid_min=300,
+    )
+
+
+@SUITES.register("badloss-imagenette")
+def badloss_imagenette() -> list[AttackSpec]:
+    """Patch 5%, Blend-R 1%, Blend-P 1%, Sinusoid 10% of its target class, Frequency 1%."""
+    return _badloss(
+        {
+            "patch": 0.05,
+            "blend-random": 0.01,
+            "blend-pattern": 0.01,
+            "sinusoid": 0.10,
+            "frequency": 0.01,
+        }
+    )
+
+
+@SUITES.register("badloss-imagenet")
+def badloss_imagenet() -> list[AttackSpec]:
+    """ImageNet ratios: Patch 0.1%, Blend-R 0.05%, Blend-P 0.02%, Sinusoid 10% of its
+    target class, Frequency 0.1%."""
+    return _badloss(
+        {
+            "patch": 0.001,
+            "blend-random": 0.0005,
+            "blend-pattern": 0.0002,
+            "sinusoid": 0.10,
+            "frequency": 0.001,
+        }
+    )

@@ -1,0 +1,156 @@
+"""``detox scan``: score every training example with a detector and write the kept set.
+
+    detox scan --data runs/poisoned --defense ultraclean --model runs/victim --out runs/scan
+    detox scan --data cifar10 --defense badloss --trusted probes.txt --out runs/scan
+
+``--data`` is a PoisonedSet artefact (from ``detox poison``; detection metrics are computed
+from its ground truth) or any dataset name / path (no ground truth). Without ``--model``,
+a detector that needs one trains it on the data first (the preset's training config).
+Writes ``scores.csv`` (index, score, kept, ...), the kept-set artefact under ``kept/``,
+``summary.json`` and, where ground truth exists, the score histogram and ROC.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from detox.cli import COMMANDS, add_common
+
+
+@COMMANDS.register("scan")
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("scan", help="score training examples with a detector; write the kept set")
+    p.add_argument("--data", required=True, help="PoisonedSet folder, dataset name or path")
+    p.add_argument("--defense", required=True, help="detector name (ultraclean, badloss, ...)")
+    p.add_argument("--model", default=None, help="checkpoint trained on the data (optional)")
+    p.add_argument(
+        "--trusted",
+        default=None,
+        help="trusted clean examples (probes): a text file of indices, or a comma list",
+    )
+    p.add_argument("--defense-preset", default=None, help="preset of the detector's settings")
+    add_common(p, out=True)
+    p.set_defaults(func=run)
+
+
+def read_indices(value: str, n: int) -> np.ndarray:
+    """Indices from a file (whitespace/comma separated) or an inline comma list."""
+    from detox.errors import ConfigError
+
+    text = Path(value).read_text() if Path(value).is_file() else value
+    try:
+        idx = np.array([int(t) for t in text.replace(",", " ").split()], dtype=np.int64)
+    except ValueError as e:
+        raise ConfigError(f"--trusted {value!r}: expected integer indices") from e
+    if len(idx) == 0 or idx.min() < 0 or idx.max() >= n:
+        raise ConfigError(f"--trusted: indices must lie in [0, {n}) and not be empty")
+    return np.unique(idx)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from detox.config import asdict, parse_overrides
+    from detox.data import PoisonedSet, load_dataset
+    from detox.defenses.detectors import DetectorContext, build_detector
+    from detox.errors import ConfigError
+    from detox.models import load_checkpoint
+    from detox.pipeline import (
+        detection_report,
+        detector_figures,
+        resolve_configs,
+        select_clean_probes,
+        train_classifier,
+        write_scores,
+    )
+    from detox.runs import RunDir
+    from detox.utils.device import resolve_device
+
+    device = resolve_device(args.device)
+    if (Path(args.data) / "manifest.json").is_file():
+        pset = PoisonedSet.load(args.data)
+    else:
+        pset = PoisonedSet.from_clean(load_dataset(args.data, "train", data_dir=args.data_dir))
+    dataset = pset.source.get("dataset") or pset.source.get("name")
+    _, tcfg, ecfg = resolve_configs(
+        args.preset, dataset or "cifar10", args.seed, parse_overrides(args.overrides)
+    )
+    tcfg.progress = not args.quiet
+    det = build_detector(args.defense, args.defense_preset or args.preset)
+    has_truth = bool(pset.attacks)
+    probes = None
+    if det.needs_probes:
+        if args.trusted:
+            probes = read_indices(args.trusted, len(pset))
+        elif has_truth:
+            probes = select_clean_probes(pset, int(det.config.n_probes), args.seed)
+        else:
+            raise ConfigError(
+                f"{args.defense} needs trusted clean examples: pass --trusted FILE_OR_LIST"
+            )
+    run_dir = RunDir(args.out)
+    run_dir.write_config(
+        "scan",
+        {
+            "data": str(args.data),
+            "defense": args.defense,
+            "detector": asdict(det.config),
+            "train": asdict(tcfg),
+            "model": args.model,
+            "device": str(device),
+            "seed": args.seed,
+            "probes": None if probes is None else probes.tolist(),
+        },
+    )
+    model, model_info = None, None
+    if det.needs_model:
+        if args.model:
+            model = load_checkpoint(args.model, device)
+            model_info = {"checkpoint": str(args.model)}
+        else:
+            model, model_info = train_classifier(
+                pset.x, pset.y, pset.classes, tcfg, device, dataset, ecfg.cache_victims
+            )
+    ctx = DetectorContext(
+        model=model,
+        probes=probes,
+        train_config=tcfg,
+        device=device,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
+    scores = np.asarray(det.score(pset.as_dataset(), ctx), dtype=np.float64)
+    removed = np.asarray(det.cut(scores, ctx), dtype=bool)
+    protected = None
+    if probes is not None:
+        protected = np.zeros(len(pset), bool)
+        protected[probes] = True
+    write_scores(run_dir / "scores.csv", pset, scores, removed, protected)
+    pset.subset(torch.from_numpy(~removed)).save(run_dir / "kept")
+    summary = {
+        "n": len(pset),
+        "n_removed": int(removed.sum()),
+        "n_kept": int((~removed).sum()),
+        "model": model_info,
+    }
+    if has_truth:
+        summary["detection"] = detection_report(scores, removed, pset, protected)
+        detector_figures(run_dir.path, args.defense, pset, {"scores": scores, "removed": removed})
+        plot = getattr(det, "plot_artifacts", None)
+        if plot is not None:
+            plot(ctx.artifacts, pset, run_dir.path)
+    run_dir.write_summary(summary)
+    print(
+        f"{args.defense}: removed {summary['n_removed']} of {len(pset)}"
+        + (
+            f", AUROC {summary['detection']['overall']['auroc']:.4f}, "
+            f"TPR {summary['detection']['overall']['tpr']:.4f}"
+            if has_truth
+            else ""
+        )
+        + f" -> {run_dir.path}"
+    )
+    return 0
