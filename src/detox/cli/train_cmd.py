@@ -54,14 +54,12 @@ def run_train(args: argparse.Namespace) -> int:
         from detox.errors import ConfigError
 
         raise ConfigError(f"--set: unknown setting(s) {', '.join(sorted(unknown))}")
+    explicit = {"model": args.model, "epochs": args.epochs, "seed": args.seed}
     tcfg = make_config(
         TrainConfig,
         args.preset,
-        model=args.model,
-        epochs=args.epochs,
-        seed=args.seed,
+        **{**{k: v for k, v in explicit.items() if v is not None}, **tover},
         progress=not args.quiet,
-        **tover,
     )
     device = resolve_device(args.device)
     train_ds, test_ds = load_splits(dcfg, args.data_dir)
