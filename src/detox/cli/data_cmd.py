@@ -22,18 +22,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from detox.data.info import dataset_info
+    from detox.data.info import dataset_info, format_info
 
     info = dataset_info(args.dataset, data_dir=args.data_dir)
-    if args.json:
-        print(json.dumps(info, indent=2, default=str))
-        return 0
-    for key, value in info.items():
-        if key == "classes" and isinstance(value, list) and len(value) > 12:
-            value = ", ".join(map(str, value[:12])) + f", ... ({len(value)} in all)"
-        elif isinstance(value, list):
-            value = ", ".join(map(str, value))
-        print(f"{key:>18}: {value}")
+    print(json.dumps(info, indent=2, default=str) if args.json else format_info(info))
     return 0
 
 
