@@ -1,0 +1,563 @@
+"""BaDLoss: backdoor detection via loss dynamics, for simultaneous attacks.
+
+Alex, Siddiqui, Sanyal, Krueger, "Protecting against simultaneous data poisoning attacks",
+ICLR 2025 (arXiv 2408.13221). Authors' code: github.com/shoaibahmed/badloss
+(``defenses/badloss.py``). Tags below: **[paper]** stated in the paper, **[code]** taken
+from the authors' code, **[open]** left open by both (our choice, or an option beyond the
+paper; every such option is off by default and measured against the fixed 40% cut).
+
+Procedure (METHODS.md section 3):
+
+1. The defender holds ``n_probes`` = 250 bona fide clean examples of the training set
+   (:func:`select_probes`); they are **added as extra copies**, so the model pre-trains on
+   all N examples + the P probe copies [paper].
+2. A fresh model (architecture, optimiser and LR schedule of the final run; the schedule
+   spans the final run's full epoch count, so it decays only a little in pre-training) is
+   trained for ``pretrain_epochs`` = 30 epochs **without augmentation** [code].
+3. After each epoch every example's cross-entropy loss is recorded in eval mode without
+   augmentation (:class:`LossRecorder`): an (N + P) x E float32 trajectory matrix [code].
+4. Epoch filter (:func:`filter_epochs`): epochs 0-2 are kept; epoch i >= 3 is kept only if
+   its mean loss is below 2 x the mean of the last three *kept* epoch means [code].
+5. Each example's score is its mean Euclidean distance d to the k = 50 nearest probe
+   trajectories (:func:`knn_mean_distance`, chunked on the device, never N x N);
+   score = log(0.01 + d), min-max normalised to [0, 1] [code].
+6. The cut removes the 40% highest-scoring examples; probes are always kept
+   (:meth:`BaDLoss.cut`) [paper]. The caller retrains from scratch on the rest.
+
+Decisions where paper and code are silent or differ:
+
+* **Probe self-distance** [code]: the authors fit the k-NN on the probe copies and query
+  every row, so a probe's own copy (an identical trajectory) is one of its neighbours at
+  distance 0. We do the same by default; ``exclude_self=True`` drops the own copy (a
+  leave-one-out score). Probes are never removed, so this only moves the probes' own
+  scores: by about 1/k (their mean over k includes one zero). It matters for the adaptive
+  ``cut="probe-quantile"``, whose threshold is a quantile of the probes' scores; with
+  ``exclude_self=False`` that threshold is slightly low (the cut removes slightly more).
+* **Epoch filter** [code]: the reference is the mean of the last ``filter_window`` kept
+  epoch means, the first ``filter_keep_first`` epochs are always kept, the comparison is
+  strict (<), and means are over all N + P recorded rows, as in the authors' code. One
+  deviation: an epoch whose mean loss is not finite (a diverged run) is never kept, even
+  among the first three (the authors' code would produce NaN scores there).
+* **Normalisation**: min-max over the N original examples (the probe copies repeat the
+  probes' trajectories, so including them changes nothing).
+* **Cut size**: exactly round(0.4 N) non-probe examples (:func:`~detox.defenses.cut.cut_fraction`
+  with ``protected`` = probes). The authors threshold ranks over N + P rows and then
+  force-keep the probes, which removes about the same number.
+* **Optimiser** [open]: ``optimizer_preset="final"`` (default) pre-trains with the final
+  run's :class:`~detox.training.TrainConfig` as given (the paper's "same optimiser as the
+  final model"); ``"sgd"`` (lr 0.1, momentum 0.9, wd 1e-4, cosine: the ICLR-era script) or
+  ``"adamw"`` (lr 1e-3, wd 1e-4, cosine: the later code) force the authors' optimisers.
+  Batch size and architecture always come from the final run.
+* Eval-mode losses come from :func:`detox.training.per_example_loss` (bf16 autocast on
+  CUDA, float32 on CPUs without bf16 units).
+
+Options beyond the paper (default off): ``cut="probe-quantile"`` (reject what scores above
+the probes' own ``probe_quantile``; reviewers asked for an adaptive threshold),
+``class_balanced_probes`` (protect minority classes; the authors' suggestion in the
+rebuttal), and :func:`auroc_by_epochs` (AUROC when only the first e epochs are used).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import typing
+from typing import Any
+
+import numpy as np
+import torch
+
+from detox.config import make_config
+from detox.defenses.cut import cut_fraction, cut_threshold
+from detox.defenses.detectors.base import DETECTORS, Detector, DetectorContext
+from detox.errors import ConfigError
+from detox.training import TrainConfig, per_example_loss, train
+from detox.utils.device import resolve_device
+
+CUT_MODES = ("fraction", "probe-quantile")
+
+# Optimiser presets of the authors' scripts (batch size and model stay the final run's).
+OPTIMIZER_PRESETS: dict[str, dict[str, Any]] = {
+    "final": {},  # the final run's optimiser and schedule as given
+    "sgd": {  # ICLR-era script [code]
+        "optimizer": "sgd",
+        "lr": 0.1,
+        "momentum": 0.9,
+        "nesterov": False,
+        "weight_decay": 1e-4,
+        "schedule": "cosine",
+        "warmup_epochs": 0.0,
+        "label_smoothing": 0.0,
+    },
+    "adamw": {  # later code [code]
+        "optimizer": "adamw",
+        "lr": 1e-3,
+        "weight_decay": 1e-4,
+        "schedule": "cosine",
+        "warmup_epochs": 0.0,
+        "label_smoothing": 0.0,
+    },
+}
+
+
+@dataclasses.dataclass
+class BaDLossConfig:
+    """BaDLoss hyper-parameters (unit, source). See the module docstring."""
+
+    n_probes: int = 250  # bona fide clean probes, added as extra copies; examples [paper]
+    class_balanced_probes: bool = False  # draw probes evenly per class [open, rebuttal]
+    pretrain_epochs: int = 30  # pre-training epochs recorded; epochs [paper]
+    pretrain_augment: bool = False  # crop/flip during pre-training [code: off]
+    optimizer_preset: str = "final"  # final | sgd | adamw: pre-training optimiser [open]
+    k: int = 50  # nearest probe trajectories averaged; neighbours [paper]
+    eps: float = 0.01  # offset of the score log(eps + d); loss units [code]
+    log_scores: bool = True  # log(eps + d) before min-max (False: d) [code]
+    epoch_filter: bool = True  # drop loss-spike epochs [code]
+    filter_keep_first: int = 3  # epochs always kept by the filter; epochs [code]
+    filter_factor: float = 2.0  # keep an epoch if mean < factor x reference; ratio [code]
+    filter_window: int = 3  # reference = mean of the last this many kept means; epochs [code]
+    exclude_self: bool = False  # drop a probe's own copy from its neighbours [open; code: no]
+    remove_fraction: float = 0.4  # removed fraction of the whole set, probes kept [paper]
+    cut: str = "fraction"  # fraction | probe-quantile (adaptive) [open]
+    probe_quantile: float = 0.95  # probe-quantile cut: remove scores above it; quantile [open]
+    knn_chunk: int = 16384  # query rows per k-NN chunk on the device; rows [impl]
+
+    PRESETS: typing.ClassVar[dict[str, dict[str, Any]]] = {
+        "smoke": {"n_probes": 50, "pretrain_epochs": 3, "k": 10},
+        "quick": {"pretrain_epochs": 10},  # the quick final run trains 10 epochs
+        "paper": {},
+    }
+
+    def validate(self) -> None:
+        if self.n_probes < 1 or self.pretrain_epochs < 1:
+            raise ConfigError("n_probes and pretrain_epochs must be >= 1")
+        if not 1 <= self.k <= self.n_probes - int(self.exclude_self):
+            raise ConfigError(
+                f"k={self.k}: expected 1 <= k <= n_probes{' - 1' if self.exclude_self else ''}"
+                f" = {self.n_probes - int(self.exclude_self)}"
+            )
+        if self.eps <= 0:
+            raise ConfigError(f"eps={self.eps}: expected > 0")
+        if self.cut not in CUT_MODES:
+            raise ConfigError(f"cut {self.cut!r}: expected one of {', '.join(CUT_MODES)}")
+        if not 0.0 <= self.remove_fraction <= 1.0:
+            raise ConfigError(f"remove_fraction={self.remove_fraction}: expected in [0, 1]")
+        if not 0.0 <= self.probe_quantile <= 1.0:
+            raise ConfigError(f"probe_quantile={self.probe_quantile}: expected in [0, 1]")
+        if self.optimizer_preset not in OPTIMIZER_PRESETS:
+            raise ConfigError(
+                f"optimizer_preset {self.optimizer_preset!r}: expected one of "
+                f"{', '.join(OPTIMIZER_PRESETS)}"
+            )
+        if self.filter_keep_first < 1 or self.filter_window < 1 or self.filter_factor <= 0:
+            raise ConfigError("filter_keep_first and filter_window must be >= 1, filter_factor > 0")
+        if self.knn_chunk < 1:
+            raise ConfigError(f"knn_chunk={self.knn_chunk}: expected >= 1")
+
+
+# ---------------------------------------------------------------------------------------
+# probes
+
+
+def _labels_of(data_or_labels: Any) -> np.ndarray:
+    y = getattr(data_or_labels, "y", data_or_labels)
+    if isinstance(y, torch.Tensor):
+        y = y.detach().cpu().numpy()
+    return np.asarray(y).astype(np.int64).ravel()
+
+
+def select_probes(
+    data_or_labels: Any,
+    n: int,
+    seed: int,
+    clean_mask: Any | None = None,
+    class_balanced: bool = False,
+    trusted: Any | None = None,
+) -> np.ndarray:
+    """Seeded choice of ``n`` probe indices (sorted int64) among trusted clean examples.
+
+    The pool is ``trusted`` (indices the user vouches for) when given, else the examples
+    where ``clean_mask`` is true (known-clean examples, as the paper does in its
+    benchmarks: pass ``clean_mask=poisoned_set.attack_id < 0``). One of the two is
+    required. ``class_balanced`` draws ``n // C`` per class (all of a class when it has
+    fewer), then fills the rest at random from the remaining pool.
+    """
+    y = _labels_of(data_or_labels)
+    if trusted is not None:
+        pool = np.unique(np.asarray(trusted, dtype=np.int64).ravel())
+        if len(pool) and (pool.min() < 0 or pool.max() >= len(y)):
+            raise ConfigError(f"trusted indices must lie in [0, {len(y)})")
+    elif clean_mask is not None:
+        m = clean_mask.cpu().numpy() if isinstance(clean_mask, torch.Tensor) else clean_mask
+        m = np.asarray(m, dtype=bool).ravel()
+        if len(m) != len(y):
+            raise ConfigError(f"clean_mask has {len(m)} entries, the data {len(y)}")
+        pool = np.flatnonzero(m)
+    else:
+        raise ConfigError(
+            "BaDLoss probes must be trusted clean examples: pass trusted=<indices> "
+            "or clean_mask=<bool mask> (benchmarks: poisoned_set.attack_id < 0)"
+        )
+    if not 1 <= n <= len(pool):
+        raise ConfigError(f"cannot draw {n} probes from {len(pool)} trusted examples")
+    rng = np.random.default_rng(int(seed))
+    if not class_balanced:
+        return np.sort(rng.choice(pool, size=n, replace=False)).astype(np.int64)
+    classes = np.unique(y[pool])
+    quota = n // len(classes)
+    chosen = []
+    for c in classes:
+        members = pool[y[pool] == c]
+        chosen.append(rng.choice(members, size=min(quota, len(members)), replace=False))
+    picked = np.concatenate(chosen) if chosen else np.empty(0, np.int64)
+    need = n - len(picked)
+    if need > 0:
+        rest = np.setdiff1d(pool, picked)
+        picked = np.concatenate([picked, rng.choice(rest, size=need, replace=False)])
+    return np.sort(picked).astype(np.int64)
+
+
+def probe_mask(n: int, probes: Any) -> np.ndarray:
+    """Boolean mask of length ``n``, true at the probe indices (checked: unique, in range)."""
+    p = _probe_indices(probes, n)
+    m = np.zeros(n, bool)
+    m[p] = True
+    return m
+
+
+def _probe_indices(probes: Any, n: int) -> np.ndarray:
+    if isinstance(probes, DetectorContext):
+        probes = probes.probes
+    if probes is None:
+        raise ConfigError(
+            "BaDLoss needs trusted clean probes: set DetectorContext.probes "
+            "(see detox.defenses.detectors.badloss.select_probes)"
+        )
+    p = probes.cpu().numpy() if isinstance(probes, torch.Tensor) else np.asarray(probes)
+    if p.dtype == bool:
+        if len(p) != n:
+            raise ConfigError(f"probe mask has {len(p)} entries, the data {n}")
+        return np.flatnonzero(p)
+    p = p.astype(np.int64).ravel()
+    if len(p) == 0:
+        raise ConfigError("BaDLoss needs at least one probe")
+    if p.min() < 0 or p.max() >= n:
+        raise ConfigError(f"probe indices must lie in [0, {n})")
+    if len(np.unique(p)) != len(p):
+        raise ConfigError("probe indices must be unique")
+    return p
+
+
+# ---------------------------------------------------------------------------------------
+# loss trajectories
+
+
+class LossRecorder:
+    """Training callback: eval-mode cross-entropy of every example after each epoch.
+
+    ``traj`` is an (N, epochs) float32 CPU tensor (NaN until an epoch is recorded);
+    ``seconds`` the time spent recording.
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, epochs: int, batch_size: int = 1024):
+        self.x, self.y = x, y.cpu()
+        self.batch_size = batch_size
+        self.traj = torch.full((len(x), epochs), float("nan"), dtype=torch.float32)
+        self.seconds = 0.0
+
+    def on_epoch_end(self, epoch: int, model: torch.nn.Module) -> None:
+        t0 = time.perf_counter()
+        self.traj[:, epoch] = per_example_loss(model, self.x, self.y, self.batch_size)
+        self.seconds += time.perf_counter() - t0
+
+
+def filter_epochs(
+    traj: Any, keep_first: int = 3, factor: float = 2.0, window: int = 3
+) -> list[int]:
+    """Epochs kept by the authors' loss-spike filter [code].
+
+    Epochs ``0 .. keep_first-1`` are kept; a later epoch is kept only if its mean loss
+    (over all rows of ``traj``, shape (rows, epochs)) is strictly below ``factor`` x the
+    mean of the last ``window`` kept epoch means. Epochs with a non-finite mean are never
+    kept. The filter is causal: the decision for epoch i uses epochs < i only.
+    """
+    t = traj.detach().cpu().numpy() if isinstance(traj, torch.Tensor) else np.asarray(traj)
+    means = t.mean(axis=0, dtype=np.float64)
+    kept: list[int] = []
+    ref: list[float] = []
+    for i, m in enumerate(means):
+        if not np.isfinite(m):
+            continue
+        if i < keep_first or not ref or m < factor * float(np.mean(ref[-window:])):
+            kept.append(i)
+            ref.append(float(m))
+    return kept
+
+
+def knn_mean_distance(
+    queries: Any,
+    refs: Any,
+    k: int,
+    *,
+    chunk_size: int = 16384,
+    device: str | torch.device | None = None,
+    exclude: Any | None = None,
+) -> np.ndarray:
+    """Mean Euclidean distance from each query row to its ``k`` nearest ``refs`` rows.
+
+    Computed in chunks of ``chunk_size`` query rows on ``device`` (``torch.cdist`` of the
+    chunk against all refs, then ``topk``): memory is chunk x refs, never queries x
+    queries. ``exclude`` (one ref index per query, -1 = none) drops that reference from
+    the query's candidates (a probe's own copy). float64 on CPU, float32 elsewhere;
+    returns float64 (queries,).
+    """
+    q = torch.as_tensor(np.asarray(queries) if not isinstance(queries, torch.Tensor) else queries)
+    r = torch.as_tensor(np.asarray(refs) if not isinstance(refs, torch.Tensor) else refs)
+    if q.ndim != 2 or r.ndim != 2 or q.shape[1] != r.shape[1]:
+        raise ConfigError(
+            f"k-NN: expected (M, D) and (P, D), got {tuple(q.shape)} and {tuple(r.shape)}"
+        )
+    dev = resolve_device(device) if device is not None else torch.device("cpu")
+    dtype = torch.float64 if dev.type == "cpu" else torch.float32
+    ex = None
+    if exclude is not None:
+        ex = torch.as_tensor(np.asarray(exclude), dtype=torch.int64).ravel()
+        if len(ex) != len(q):
+            raise ConfigError(f"k-NN: exclude has {len(ex)} entries, queries {len(q)}")
+    available = len(r) - (1 if ex is not None and bool((ex >= 0).any()) else 0)
+    if not 1 <= k <= available:
+        raise ConfigError(f"k-NN: k={k} but only {available} reference rows are available")
+    if chunk_size < 1:
+        raise ConfigError(f"k-NN: chunk_size={chunk_size}: expected >= 1")
+    r_dev = r.to(dev, dtype)
+    out = np.empty(len(q), dtype=np.float64)
+    for s in range(0, len(q), chunk_size):
+        e = min(s + chunk_size, len(q))
+        d = torch.cdist(q[s:e].to(dev, dtype), r_dev, compute_mode="donot_use_mm_for_euclid_dist")
+        if ex is not None:
+            exc = ex[s:e].to(dev)
+            rows = torch.nonzero(exc >= 0).flatten()
+            d[rows, exc[rows]] = float("inf")
+        top = torch.topk(d, k, dim=1, largest=False, sorted=False).values
+        out[s:e] = top.mean(dim=1).double().cpu().numpy()
+    return out
+
+
+def scores_from_distances(d: Any, eps: float = 0.01, log_scores: bool = True) -> np.ndarray:
+    """``log(eps + d)`` (or ``d``), min-max normalised to [0, 1] (all zero if constant)."""
+    s = np.asarray(d, dtype=np.float64)
+    s = np.log(eps + s) if log_scores else s.copy()
+    s -= s.min() if len(s) else 0.0
+    top = s.max() if len(s) else 0.0
+    if top > 0:
+        s /= top
+    return s
+
+
+def trajectory_scores(
+    traj: Any,
+    probe_traj: Any,
+    config: BaDLossConfig | None = None,
+    *,
+    kept_epochs: list[int] | None = None,
+    exclude: Any | None = None,
+    device: str | torch.device | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Scores and mean k-NN distances of trajectories ``traj`` (N, E) against the probe
+    trajectories ``probe_traj`` (P, E), using epochs ``kept_epochs`` (all when None)."""
+    cfg = config or BaDLossConfig()
+    t = torch.as_tensor(np.asarray(traj) if not isinstance(traj, torch.Tensor) else traj)
+    p = torch.as_tensor(
+        np.asarray(probe_traj) if not isinstance(probe_traj, torch.Tensor) else probe_traj
+    )
+    if kept_epochs is not None:
+        cols = torch.as_tensor(list(kept_epochs), dtype=torch.int64)
+        t, p = t[:, cols], p[:, cols]
+    d = knn_mean_distance(t, p, cfg.k, chunk_size=cfg.knn_chunk, device=device, exclude=exclude)
+    return scores_from_distances(d, cfg.eps, cfg.log_scores), d
+
+
+def auroc_by_epochs(
+    traj: Any,
+    probes: Any,
+    is_poison: Any,
+    config: BaDLossConfig | None = None,
+    *,
+    kept_epochs: list[int] | None = None,
+    include_probes: bool = False,
+    device: str | torch.device | None = None,
+) -> np.ndarray:
+    """AUROC of the BaDLoss score when only the first e epochs are used, e = 1..E.
+
+    ``traj`` (N, E) are the trajectories of the N examples, ``probes`` their probe indices
+    or mask (the probes' own rows are the reference set; a probe's row equals its copy's),
+    ``is_poison`` the ground truth (N,). The epoch filter (``config``) is applied to each
+    prefix; pass ``kept_epochs`` (the detector's ``artifacts["kept_epochs"]``) to reuse
+    the detector's decisions (the filter is causal, so prefix e keeps those < e).
+    The AUROC is over non-probe examples unless ``include_probes``. Returns float64 (E,),
+    NaN where a prefix keeps no epoch or the ground truth has a single class.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    cfg = config or BaDLossConfig()
+    t = traj.detach().cpu().numpy() if isinstance(traj, torch.Tensor) else np.asarray(traj)
+    n, n_epochs = t.shape
+    pm = probe_mask(n, probes)
+    pidx = np.flatnonzero(pm)
+    y = np.asarray(is_poison.cpu() if isinstance(is_poison, torch.Tensor) else is_poison, bool)
+    exclude = None
+    if cfg.exclude_self:
+        exclude = np.full(n, -1, np.int64)
+        exclude[pidx] = np.arange(len(pidx))
+    if kept_epochs is None:
+        kept_epochs = (
+            filter_epochs(t, cfg.filter_keep_first, cfg.filter_factor, cfg.filter_window)
+            if cfg.epoch_filter
+            else list(range(n_epochs))
+        )
+    rows = np.ones(n, bool) if include_probes else ~pm
+    out = np.full(n_epochs, np.nan)
+    if not 0 < y[rows].sum() < rows.sum():
+        return out
+    for e in range(1, n_epochs + 1):
+        cols = [i for i in kept_epochs if i < e]
+        if not cols:
+            continue
+        s, _ = trajectory_scores(t, t[pidx], cfg, kept_epochs=cols, exclude=exclude, device=device)
+        out[e - 1] = roc_auc_score(y[rows], s[rows])
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# the detector
+
+
+def pretrain_config(
+    final: TrainConfig | None,
+    config: BaDLossConfig,
+    seed: int | None = None,
+    progress: bool | None = None,
+) -> TrainConfig:
+    """The pre-training :class:`TrainConfig`: the final run's (``final``; the project default
+    when None) with ``epochs = pretrain_epochs``, no augmentation, the LR schedule spanning
+    the final run's full epoch count, and the optimiser preset applied."""
+    base = final if final is not None else make_config(TrainConfig)
+    span = max(config.pretrain_epochs, base.schedule_epochs or base.epochs)
+    over: dict[str, Any] = {
+        "epochs": config.pretrain_epochs,
+        "schedule_epochs": span,
+        "augment": config.pretrain_augment,
+        **OPTIMIZER_PRESETS[config.optimizer_preset],
+    }
+    if seed is not None:
+        over["seed"] = int(seed)
+    if progress is not None:
+        over["progress"] = bool(progress)
+    cfg = dataclasses.replace(base, **over)
+    cfg.validate()
+    return cfg
+
+
+def _dataset_name(data: Any) -> str:
+    meta = getattr(data, "meta", None) or getattr(data, "source", None) or {}
+    return str(meta.get("dataset", getattr(data, "name", "")))
+
+
+@DETECTORS.register("badloss")
+class BaDLoss(Detector):
+    """BaDLoss (Alex et al., ICLR 2025): k-NN distance of each example's loss trajectory
+    to the trajectories of trusted clean probes. See the module docstring.
+
+    ``score`` fills ``ctx.artifacts`` with ``trajectories`` (N, E float32 numpy),
+    ``probe_trajectories`` (P, E), ``probes``, ``kept_epochs``, ``epoch_means``,
+    ``distances``, ``pretrain_config``, ``pretrain_history``, ``pretrained_model`` and
+    ``timing`` (seconds: pretrain incl. recording, record, knn, total).
+    Use :meth:`cut` for the removal mask (it protects the probes and knows the adaptive cut).
+    """
+
+    name = "badloss"
+    Config = BaDLossConfig
+    needs_probes = True
+
+    def select_probes(
+        self,
+        data: Any,
+        seed: int = 0,
+        clean_mask: Any | None = None,
+        trusted: Any | None = None,
+    ) -> np.ndarray:
+        """:func:`select_probes` with this config's ``n_probes`` and ``class_balanced_probes``."""
+        c = self.config
+        return select_probes(data, c.n_probes, seed, clean_mask, c.class_balanced_probes, trusted)
+
+    def record(self, data: Any, ctx: DetectorContext) -> tuple[torch.Tensor, Any]:
+        """Pre-train on all N examples + the probe copies; returns the (N + P, E) trajectory
+        matrix (rows N.. are the probe copies, in ``ctx.probes`` order) and the TrainResult."""
+        from detox.models import build_model
+
+        probes = _probe_indices(ctx.probes, len(data))
+        tcfg = pretrain_config(ctx.train_config, self.config, ctx.seed, ctx.progress)
+        x = torch.cat([data.x, data.x[torch.as_tensor(probes)]])
+        y = torch.cat([data.y, data.y[torch.as_tensor(probes)]])
+        model = build_model(
+            tcfg.model,
+            len(data.classes),
+            width=tcfg.width,
+            in_channels=int(data.x.shape[1]),
+            dataset=_dataset_name(data),
+        )
+        rec = LossRecorder(x, y, tcfg.epochs, tcfg.eval_batch_size)
+        res = train(model, x, y, tcfg, device=ctx.device, callbacks=[rec], desc="badloss pre-train")
+        ctx.artifacts["pretrain_config"] = dataclasses.asdict(tcfg)
+        ctx.artifacts["pretrain_history"] = res.history
+        ctx.artifacts["pretrained_model"] = res.model
+        ctx.artifacts.setdefault("timing", {})["record"] = rec.seconds
+        return rec.traj, res
+
+    def score(self, data: Any, ctx: DetectorContext) -> np.ndarray:
+        cfg = self.config
+        t0 = time.perf_counter()
+        n = len(data)
+        probes = _probe_indices(ctx.probes, n)
+        need = cfg.k + int(cfg.exclude_self)
+        if len(probes) < need:
+            raise ConfigError(f"k={cfg.k} needs at least {need} probes, got {len(probes)}")
+        traj, _ = self.record(data, ctx)
+        t1 = time.perf_counter()
+        n_epochs = traj.shape[1]
+        kept = (
+            filter_epochs(traj, cfg.filter_keep_first, cfg.filter_factor, cfg.filter_window)
+            if cfg.epoch_filter
+            else [i for i in range(n_epochs) if bool(torch.isfinite(traj[:, i]).all())]
+        )
+        if not kept:
+            raise ConfigError("BaDLoss: every pre-training epoch has non-finite losses")
+        exclude = None
+        if cfg.exclude_self:
+            exclude = np.full(n, -1, np.int64)
+            exclude[probes] = np.arange(len(probes))
+        scores, dist = trajectory_scores(
+            traj[:n], traj[n:], cfg, kept_epochs=kept, exclude=exclude, device=ctx.device
+        )
+        t2 = time.perf_counter()
+        a = ctx.artifacts
+        a["trajectories"] = traj[:n].numpy()
+        a["probe_trajectories"] = traj[n:].numpy()
+        a["probes"] = probes
+        a["kept_epochs"] = kept
+        a["epoch_means"] = traj.mean(dim=0, dtype=torch.float64).tolist()
+        a["distances"] = dist
+        timing = a.setdefault("timing", {})
+        timing.update({"pretrain": t1 - t0, "knn": t2 - t1, "total": t2 - t0})
+        return scores
+
+    def cut(self, scores: Any, probes: Any) -> np.ndarray:
+        """Removal mask: ``remove_fraction`` of the whole set (``cut="fraction"``) or every
+        example scoring above the probes' ``probe_quantile`` (``cut="probe-quantile"``);
+        probes (indices, mask or a :class:`DetectorContext`) are never removed."""
+        s = np.asarray(scores, dtype=np.float64)
+        prot = probe_mask(len(s), probes)
+        if self.config.cut == "fraction":
+            return cut_fraction(s, self.config.remove_fraction, protected=prot)
+        thr = float(np.quantile(s[prot], self.config.probe_quantile))
+        return cut_threshold(s, thr, protected=prot)
