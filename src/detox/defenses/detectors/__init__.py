@@ -1,0 +1,14 @@
+"""Training-set defenses: every detector gives every training example a suspicion score.
+
+``DETECTORS`` maps names to detector classes; ``build_detector(name, preset, **overrides)``
+makes one with its typed config. The cut (which examples to remove) is the shared step in
+:mod:`detox.defenses.cut`.
+"""
+
+from detox.defenses.detectors.base import DETECTORS, Detector, DetectorContext, build_detector
+
+__all__ = ["DETECTORS", "Detector", "DetectorContext", "build_detector"]
+from detox.defenses.detectors import (
+    badloss,  # noqa: F401
+    ultraclean,  # noqa: F401
+)
