@@ -278,7 +278,7 @@ def test_untraceable_model_is_used_as_is(cifar_small):
 def test_fraction_cut_keeps_the_requested_count():
     scores = np.random.default_rng(0).random(1000)
     det = build_detector("ultraclean")
-    removed = det.cut(scores)
+    removed = det.cut(scores, DetectorContext())
     assert removed.sum() == 300 and (~removed).sum() == 700
     assert scores[removed].min() > scores[~removed].max()
     np.testing.assert_array_equal(removed, cut_fraction(scores, 0.3))

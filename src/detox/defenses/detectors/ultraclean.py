@@ -90,7 +90,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from detox.defenses.cut import cut_fraction, cut_in_class
+from detox.defenses.cut import cut_in_class
 from detox.defenses.detectors.base import DETECTORS, Detector, DetectorContext
 from detox.errors import ConfigError, DataError
 from detox.training import predict_logits
@@ -499,10 +499,6 @@ class UltraClean(Detector):
         return scores
 
     # -- cuts ---------------------------------------------------------------------------
-    def cut(self, scores: Any) -> np.ndarray:
-        """Removal mask of the top ``remove_fraction`` of the whole set."""
-        return cut_fraction(scores, self.config.remove_fraction)
-
     def known_target_budget(self, n_poisons: int) -> int:
         """floor(``known_target_factor`` x ``n_poisons``)."""
         return known_target_budget(n_poisons, self.config.known_target_factor)
