@@ -362,8 +362,11 @@ def run_defense(
     out_dir: str | os.PathLike,
     progress: bool = True,
     cache: bool = True,
+    overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run one defense by name against ``victim`` / ``pset`` and write its outputs.
+
+    ``overrides`` are settings of the defense's own config (e.g. ``diffusion=PATH``).
 
     Detectors: score -> cut -> retrain -> evaluate, scores CSV and figures. Purifiers:
     evaluate the victim on purified test inputs. Returns the evaluation (and detection
@@ -372,7 +375,7 @@ def run_defense(
     from detox.defenses.detectors import DETECTORS, build_detector
 
     if name in DETECTORS:
-        det = build_detector(name, preset)
+        det = build_detector(name, preset, **(overrides or {}))
         probes = None
         if det.needs_probes:
             probes = select_clean_probes(
@@ -409,7 +412,7 @@ def run_defense(
     except ImportError:  # pragma: no cover - purifiers not installed
         PURIFIERS = None  # type: ignore[assignment]
     if PURIFIERS is not None and name in PURIFIERS:
-        pur = build_purifier(name, preset)
+        pur = build_purifier(name, preset, **(overrides or {}))
         return purified_evaluation(pur, victim, pset, device, seed, progress)
     valid = DETECTORS.names() + (PURIFIERS.names() if PURIFIERS is not None else [])
     raise ConfigError(f"unknown defense {name!r}; valid defenses: {', '.join(sorted(valid))}")

@@ -30,8 +30,22 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="preset of the defenses' own settings (default: the run's --preset)",
     )
+    p.add_argument(
+        "--diffusion",
+        default=None,
+        help="diffusion model (folder or hub id) for diffusion-based purifiers (sampdetox)",
+    )
     add_common(p, out=True)
     p.set_defaults(func=run)
+
+
+def defense_overrides(name: str, args: argparse.Namespace) -> dict:
+    """Settings of a defense's own config given on the command line."""
+    from detox.defenses.purifiers import PURIFIERS
+
+    if args.diffusion and name in PURIFIERS:
+        return {"diffusion": args.diffusion}
+    return {}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -86,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
             run_dir.path,
             progress=not args.quiet,
             cache=ecfg.cache_victims,
+            overrides=defense_overrides(name, args),
         )
         evaluations[name] = res["evaluation"]
         if "detection" in res:

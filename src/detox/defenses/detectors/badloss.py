@@ -551,6 +551,37 @@ class BaDLoss(Detector):
         timing.update({"pretrain": t1 - t0, "knn": t2 - t1, "total": t2 - t0})
         return scores
 
+    def plot_artifacts(self, artifacts: dict[str, Any], pset: Any, out_dir: Any) -> dict[str, Any]:
+        """Loss-trajectory figure and the AUROC-by-epoch-count curve (ground truth from
+        ``pset``) into ``out_dir``; returns the curve."""
+        from pathlib import Path
+
+        from detox.plots.trajectories import plot_trajectories
+        from detox.utils.io import atomic_write_json
+
+        traj = artifacts.get("trajectories")
+        if traj is None:
+            return {}
+        out = Path(out_dir)
+        plot_trajectories(
+            traj,
+            pset.attack_id,
+            pset.attack_names,
+            out / "badloss_trajectories.png",
+            probe_traj=artifacts.get("probe_trajectories"),
+            kept_epochs=artifacts.get("kept_epochs"),
+        )
+        curve = auroc_by_epochs(
+            traj,
+            artifacts["probes"],
+            (pset.attack_id >= 0).numpy(),
+            self.config,
+            kept_epochs=artifacts.get("kept_epochs"),
+        )
+        result = {"auroc_by_epochs": [float(a) for a in curve]}
+        atomic_write_json(out / "badloss_auroc_by_epochs.json", result)
+        return result
+
     def cut(self, scores: Any, probes: Any) -> np.ndarray:
         """Removal mask: ``remove_fraction`` of the whole set (``cut="fraction"``) or every
         example scoring above the probes' ``probe_quantile`` (``cut="probe-quantile"``);
