@@ -14,7 +14,7 @@ from detox.diffusion.backend import (
     normalize_schedule,
     save_diffusion,
 )
-from detox.diffusion.presets import DiffusionTrainConfig, make_train_config, preset_config
+from detox.diffusion.presets import DiffusionTrainConfig, make_train_config
 from detox.diffusion.train import DiffusionTrainResult, train_diffusion
 
 __all__ = [
@@ -27,7 +27,6 @@ __all__ = [
     "make_train_config",
     "new_diffusion_model",
     "normalize_schedule",
-    "preset_config",
     "save_diffusion",
     "train_diffusion",
 ]

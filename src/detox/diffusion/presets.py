@@ -34,21 +34,6 @@ from detox.errors import ConfigError
 C = TypeVar("C")
 
 
-def preset_config(cls: type[C], preset: str | None = None, **overrides: Any) -> C:
-    """Like :func:`detox.config.make_config`, but a preset may be any key of ``cls.PRESETS``
-    (diffusion training has ``cpu``; SampDetox has ``code``)."""
-    presets: dict[str, dict[str, Any]] = getattr(cls, "PRESETS", {})
-    values: dict[str, Any] = {}
-    if preset is not None:
-        if preset not in presets:
-            raise ConfigError(
-                f"{cls.__name__}: preset {preset!r}: expected one of {', '.join(presets)}"
-            )
-        values.update(presets[preset])
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return make_config(cls, None, **values)
-
-
 @dataclasses.dataclass
 class DiffusionTrainConfig:
     """Diffusion training settings. Source tags: [code] the SampDetox authors' code,
@@ -160,4 +145,4 @@ class DiffusionTrainConfig:
 
 def make_train_config(preset: str | None = None, **overrides: Any) -> DiffusionTrainConfig:
     """``DiffusionTrainConfig`` from a preset (``smoke``, ``quick``/``cpu``, ``paper``)."""
-    return preset_config(DiffusionTrainConfig, preset, **overrides)
+    return make_config(DiffusionTrainConfig, preset, **overrides)

@@ -10,7 +10,6 @@ from detox.defenses.purifiers.base import (
     NoiseStreams,
     Purifier,
     build_purifier,
-    purifier_config,
     purify_all,
 )
 from detox.defenses.purifiers.sampdetox import (  # registers "sampdetox"
@@ -28,7 +27,6 @@ __all__ = [
     "SampDetoxConfig",
     "SampDetoxOutput",
     "build_purifier",
-    "purifier_config",
     "purify_all",
     "ssim_map",
 ]

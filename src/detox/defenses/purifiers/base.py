@@ -33,21 +33,6 @@ from detox.utils.seed import derive_seed
 C = TypeVar("C")
 
 
-def purifier_config(cls: type[C], preset: str | None = None, **overrides: Any) -> C:
-    """Like :func:`detox.config.make_config`, but ``preset`` may be any key of
-    ``cls.PRESETS`` (SampDetox has ``paper`` and ``code`` besides ``smoke``/``quick``)."""
-    presets: dict[str, dict[str, Any]] = getattr(cls, "PRESETS", {})
-    values: dict[str, Any] = {}
-    if preset is not None:
-        if preset not in presets:
-            raise ConfigError(
-                f"{cls.__name__}: preset {preset!r}: expected one of {', '.join(presets)}"
-            )
-        values.update(presets[preset])
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return make_config(cls, None, **values)
-
-
 class NoiseStreams:
     """One seeded generator per image: ``(seed, start_index + row)``.
 
@@ -209,5 +194,5 @@ def build_purifier(
     :class:`~detox.diffusion.DiffusionModel`); otherwise it loads one from its config.
     """
     cls = PURIFIERS.get(name)
-    cfg = purifier_config(cls.Config, preset, **overrides)
+    cfg = make_config(cls.Config, preset, **overrides)
     return cls(cfg, model=model) if model is not None else cls(cfg)
