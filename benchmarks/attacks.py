@@ -58,6 +58,7 @@ def main() -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--out", required=True)
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--table-only", action="store_true", help="only tabulate finished cells")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -66,7 +67,7 @@ def main() -> None:
     cells = [c.strip() for c in args.attacks.split(",") if c.strip()]
     if args.suite:
         cells.append(args.suite)
-    for cell in cells:
+    for cell in [] if args.table_only else cells:
         f = out / f"{cell}.json"
         if f.is_file():
             print(f"{cell}: done already ({f})")
