@@ -53,3 +53,13 @@ def cifar_test_small(cifar_test):
 
     idx = stratified_subsample(cifar_test.y, 300, seed=1, num_classes=10)
     return cifar_test.subset(idx, name="cifar10-test-small")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models (UNets on 8x8 images) gain nothing from threads and suffer badly on a
+    busy 2-core machine: run the module on one torch thread."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -22,14 +22,7 @@ from detox.diffusion import (
 from detox.diffusion.train import lr_factor
 from detox.errors import ConfigError
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny UNets gain nothing from threads and suffer badly on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _same_weights(a, b) -> bool:

@@ -70,3 +70,19 @@ def test_run_with_sampdetox(tmp_path):
     ev = json.loads((out / "summary.json").read_text())["evaluations"]["sampdetox"]
     assert ev["n_test"] == 40 and ev["attacks"]["badnets"]["n"] == 20
     assert np.isfinite(ev["ca"])
+    # detox purify on the poisoned-set artefact: purified clean and triggered images
+    pur = tmp_path / "pur"
+    rc = main(["purify", "--input", str(artefact_dir(tmp_path)), "--defense", "sampdetox",
+               "--defense-preset", "smoke", "--diffusion", str(diff), "--limit", "3",
+               "--out", str(pur), "--quiet"])  # fmt: skip
+    assert rc == 0 and (pur / "preview.png").is_file()
+    back = PoisonedSet.load(pur / "purified")
+    assert len(back) == 3 and len(back.triggered["badnets"]) == 3
+    assert back.source["purified_by"] == "sampdetox"
+
+
+def artefact_dir(tmp_path):
+    out = tmp_path / "small-art"
+    assert main(["poison", "--dataset", "cifar10", "--attack", "badnets", "--preset", "smoke",
+                 "--out", str(out)]) == 0  # fmt: skip
+    return out

@@ -19,14 +19,7 @@ from detox.defenses.purifiers.sampdetox_reference import reference_purify
 from detox.diffusion import new_diffusion_model
 from detox.errors import ConfigError
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny 8x8 UNets gain nothing from threads and suffer badly on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

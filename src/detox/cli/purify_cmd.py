@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         {**pset.source, "purified_by": args.defense}, out_test, triggered,
     )  # fmt: skip
     out.save(run_dir / "purified")
-    from detox.plots.samples import purification_grid
+    from detox.plots.purification import purification_grid
 
     purification_grid(test.x[lim][:8], px[:8], run_dir / "preview.png")
     run_dir.write_summary(

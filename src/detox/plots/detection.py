@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from detox.plots import save_figure
+
 
 def _plt():
     import matplotlib
@@ -39,12 +41,7 @@ def score_histogram(
     ax.set_ylabel("density")
     ax.set_title(title or "scores: clean vs poisoned")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out_png)
 
 
 def roc_plot(
@@ -73,9 +70,4 @@ def roc_plot(
     ax.set_ylabel("true positive rate")
     ax.set_title(title or "ROC (AUROC)")
     ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out_png)

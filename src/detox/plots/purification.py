@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from detox.plots import save_figure
+
 
 def _img(x: torch.Tensor) -> np.ndarray:
     x = x.detach().cpu()
@@ -39,12 +41,7 @@ def purification_grid(before: torch.Tensor, after: torch.Tensor, out_png: str | 
             ax.set_yticks([])
             if j == 0:
                 ax.set_ylabel(name, fontsize=8)
-    fig.tight_layout()
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out_png)
 
 
 def sampdetox_figure(
@@ -74,9 +71,4 @@ def sampdetox_figure(
                 ax.set_ylabel(attack, fontsize=8)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out_png)
