@@ -67,3 +67,152 @@ def write_tables(rows: list[dict[str, Any]], out_dir: str | Path, stem: str = "r
     atomic_write_text(Path(out_dir) / f"{stem}.md", md)
     atomic_write_text(Path(out_dir) / f"{stem}.csv", to_csv(rows))
     return md
+
+
+# ---------------------------------------------------------------------------------------
+# bench grids: mean +/- std over seeds, best in bold
+
+#: metric -> (label, higher is better)
+EVAL_METRICS = {"ca": ("CA", True), "pa": ("PA", True), "asr": ("ASR", False)}
+DETECT_METRICS = {"auroc": ("AUROC", True), "tpr": ("TPR", True), "fpr": ("FPR", False)}
+NONE_LABEL = "no defense"
+
+
+def _stats(values: list[float]) -> dict[str, Any]:
+    vals = [100.0 * v for v in values if v is not None and not math.isnan(v)]
+    if not vals:
+        return {"mean": None, "std": None, "n": 0}
+    mean = sum(vals) / len(vals)
+    var = sum((v - mean) ** 2 for v in vals) / (len(vals) - 1) if len(vals) > 1 else 0.0
+    return {"mean": mean, "std": math.sqrt(var), "n": len(vals)}
+
+
+def _row_label(item: str, name: str | None, n_attacks: int) -> str:
+    """A single attack's row is its spec as written; each attack of a multi-attack set
+    gets ``"<set>: <attack>"``."""
+    if name is None:
+        return "(no attack)"
+    return item if n_attacks == 1 else f"{item}: {name}"
+
+
+def bench_tables(results: list[dict[str, Any]], defenses: list[str]) -> dict[str, Any]:
+    """Aggregate cell results over seeds: per dataset, rows = attacks (each attack of a
+    multi-attack set is its own row), columns = defenses; CA / PA / ASR of every column
+    and AUROC / TPR / FPR of every detector, as mean / std / n in percent."""
+    raw: dict[str, dict[str, dict[str, dict[str, list[float]]]]] = {}
+    order: dict[str, list[str]] = {}
+    cols: dict[str, list[str]] = {}
+    for r in results:
+        ds = r["dataset"]
+        names = r.get("attack_names") or []
+        ev = r["evaluation"]
+        det = (r.get("detection") or {}).get("per_attack", {})
+        col = NONE_LABEL if r["defense"] == "none" else r["defense"]
+        cols.setdefault(ds, [])
+        for target in [*(names or [None])]:
+            label = _row_label(r["attack"], target, len(names))
+            order.setdefault(ds, [])
+            if label not in order[ds]:
+                order[ds].append(label)
+            cell = raw.setdefault(ds, {}).setdefault(label, {}).setdefault(col, {})
+            cell.setdefault("ca", []).append(ev["ca"])
+            if target is not None:
+                att = ev["attacks"].get(target, {})
+                cell.setdefault("pa", []).append(att.get("pa"))
+                cell.setdefault("asr", []).append(att.get("asr"))
+                if target in det:
+                    for m in DETECT_METRICS:
+                        cell.setdefault(m, []).append(det[target].get(m))
+        if col not in cols[ds]:
+            cols[ds].append(col)
+    wanted = [NONE_LABEL if d == "none" else d for d in defenses]
+    out: dict[str, Any] = {}
+    for ds, rows in raw.items():
+        columns = [c for c in wanted if c in cols[ds]] + [c for c in cols[ds] if c not in wanted]
+        out[ds] = {
+            "rows": order[ds],
+            "columns": columns,
+            "cells": {
+                row: {c: {m: _stats(v) for m, v in rows[row].get(c, {}).items()} for c in columns}
+                for row in order[ds]
+            },
+        }
+    return out
+
+
+def _fmt(s: dict[str, Any] | None) -> str:
+    if not s or s.get("mean") is None:
+        return "-"
+    return f"{s['mean']:.2f}" if s["n"] < 2 else f"{s['mean']:.2f}±{s['std']:.2f}"
+
+
+def _best(cells: dict[str, dict], metric: str, higher: bool) -> set[str]:
+    vals = {
+        c: v[metric]["mean"] for c, v in cells.items() if v.get(metric, {}).get("mean") is not None
+    }
+    if len(vals) < 2:
+        return set()
+    top = max(vals.values()) if higher else min(vals.values())
+    return {c for c, v in vals.items() if abs(v - top) < 5e-3}
+
+
+def grid_rows(table: dict[str, Any], metrics: dict[str, tuple[str, bool]], bold=("**", "**")):
+    """Rows of one dataset's table for ``metrics``: each cell joins the metrics with ' / ',
+    the best value of each metric in the row wrapped in ``bold``. Columns without any of
+    the metrics are left out."""
+    cols = [
+        c
+        for c in table["columns"]
+        if any(m in table["cells"][r].get(c, {}) for r in table["rows"] for m in metrics)
+    ]
+    rows = []
+    for r in table["rows"]:
+        cells = table["cells"][r]
+        best = {
+            m: _best({c: cells.get(c, {}) for c in cols}, m, hi) for m, (_, hi) in metrics.items()
+        }
+        row: dict[str, Any] = {"attack": r}
+        for c in cols:
+            parts = []
+            for m in metrics:
+                txt = _fmt(cells.get(c, {}).get(m))
+                parts.append(f"{bold[0]}{txt}{bold[1]}" if c in best[m] and txt != "-" else txt)
+            row[c] = " / ".join(parts)
+        rows.append(row)
+    return rows
+
+
+def bench_markdown(tables: dict[str, Any]) -> str:
+    parts = []
+    for ds, t in tables.items():
+        for title, metrics in (
+            ("CA / PA / ASR (%)", EVAL_METRICS),
+            ("detection AUROC / TPR / FPR (%)", DETECT_METRICS),
+        ):
+            rows = grid_rows(t, metrics)
+            if rows and len(rows[0]) > 1:
+                parts.append(f"### {ds}: {title}\n\n" + to_markdown(rows))
+    return "\n".join(parts)
+
+
+def bench_csv(tables: dict[str, Any]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["dataset", "attack", "defense", "metric", "mean", "std", "n"])
+    for ds, t in tables.items():
+        for r in t["rows"]:
+            for c, ms in t["cells"][r].items():
+                for m, s in ms.items():
+                    if s["n"]:
+                        w.writerow([ds, r, c, m, f"{s['mean']:.4f}", f"{s['std']:.4f}", s["n"]])
+    return buf.getvalue()
+
+
+def write_bench_tables(tables: dict[str, Any], out_dir: str | Path) -> str:
+    from detox.utils.io import atomic_write_json
+
+    md = bench_markdown(tables)
+    atomic_write_text(Path(out_dir) / "tables.md", md)
+    atomic_write_text(Path(out_dir) / "tables.csv", bench_csv(tables))
+    atomic_write_json(Path(out_dir) / "tables.json", tables)
+    return md

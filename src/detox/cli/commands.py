@@ -2,6 +2,7 @@
 
 from detox.cli import (  # noqa: F401
     attack_cmd,
+    bench_cmd,
     data_cmd,
     diffusion_cmd,
     purify_cmd,

@@ -1,0 +1,335 @@
+"""``detox bench``: config validation, the grid, tables, resume after a kill, Ray, report."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from detox.bench.config import load_bench_config
+from detox.bench.tables import bench_tables, grid_rows
+from detox.errors import ConfigError
+
+# a tiny grid: 300 training images, 1 epoch of the small CNN; two victims
+TINY = """
+name = "tiny"
+preset = "smoke"
+datasets = ["cifar10"]
+attacks = ["badnets", "blended"]
+defenses = ["ultraclean"]
+[set]
+train_subset = 300
+test_subset = 100
+epochs = 1
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "bench.toml") -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+# ---------------------------------------------------------------------------------------
+# config
+
+
+def test_grid_cells_and_groups(tmp_path):
+    cfg = load_bench_config(
+        write(
+            tmp_path,
+            """
+            preset = "smoke"
+            seeds = [0, 1]
+            datasets = ["cifar10"]
+            attacks = ["badnets", "badloss-cifar10"]
+            defenses = ["ultraclean", "badloss"]
+            [[grid]]
+            [[grid]]
+            datasets = ["gtsrb"]
+            attacks = ["badloss-gtsrb"]
+            defenses = ["ultraclean"]
+            seeds = [0]
+            """,
+        )
+    )
+    cells = cfg.cells()
+    # cifar10: 2 attacks x 2 seeds x (none + 2) ; gtsrb: 1 x 1 x (none + 1)
+    assert len(cells) == 2 * 2 * 3 + 2
+    assert len({c.id for c in cells}) == len(cells)
+    assert len(cfg.groups()) == 2 * 2 + 1
+    assert cfg.defenses() == ["none", "ultraclean", "badloss"]
+    assert all(c.group.id in c.id for c in cells)
+
+
+def test_yaml_and_json_configs(tmp_path):
+    y = write(
+        tmp_path,
+        "datasets: [cifar10]\nattacks: [badnets]\ndefenses: [ultraclean]\n",
+        "b.yaml",
+    )
+    j = write(tmp_path, json.dumps({"datasets": ["cifar10"], "attacks": ["badnets"]}), "b.json")
+    assert len(load_bench_config(y).cells()) == 2
+    assert len(load_bench_config(j).cells()) == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('datasets = ["cifar10"]\nattacks = ["badnets"]\nepochs = 3', "unknown key(s) epochs"),
+        ('datasets = ["cifar10"]\nattacks = ["nope"]', "unknown attack"),
+        ('datasets = ["cifar10"]\nattacks = ["badnets"]\ndefenses = ["x"]', "unknown defense"),
+        ('datasets = ["mnist9"]\nattacks = ["badnets"]', "dataset 'mnist9'"),
+        ('datasets = ["cifar10"]\nattacks = ["badnets"]\nseeds = [-1]', "seeds"),
+        ('datasets = ["cifar10"]\nattacks = ["badnets"]\npreset = "huge"', "preset 'huge'"),
+        ('datasets = ["cifar10"]\nattacks = []', "'attacks' must be a non-empty list"),
+        ('attacks = ["badnets"]', "'datasets' is required"),
+        ('datasets = ["cifar10"]\nattacks = ["badnets"]\n[set]\nepochz = 2', "epochz"),
+        (
+            'datasets = ["cifar10"]\nattacks = ["badnets"]\ndefenses = ["ultraclean"]\n'
+            "[defense_set.ultraclean]\nremove_fraction = 2.0",
+            "remove_fraction",
+        ),
+        ('datasets = ["cifar10"\n', "cannot parse"),
+    ],
+)
+def test_bad_configs_name_the_problem(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_bench_config(write(tmp_path, text))
+
+
+def test_missing_file_and_unknown_format(tmp_path):
+    with pytest.raises(ConfigError, match="no such file"):
+        load_bench_config(tmp_path / "none.toml")
+    with pytest.raises(ConfigError, match="expected a .toml"):
+        load_bench_config(write(tmp_path, "x", "bench.ini"))
+
+
+# ---------------------------------------------------------------------------------------
+# tables
+
+
+def _result(attack, defense, seed, ca, asr, names=None, auroc=None):
+    names = names or [attack]
+    ev = {"ca": ca, "attacks": {n: {"asr": asr, "pa": 1 - asr} for n in names}}
+    r = {
+        "dataset": "cifar10",
+        "attack": attack,
+        "attack_names": names,
+        "defense": defense,
+        "seed": seed,
+        "evaluation": ev,
+    }
+    if auroc is not None:
+        r["detection"] = {
+            "per_attack": {n: {"auroc": auroc, "tpr": 0.9, "fpr": 0.3} for n in names}
+        }
+    return r
+
+
+def test_tables_mean_std_and_bold():
+    results = [
+        _result("badnets", "none", 0, 0.86, 1.0),
+        _result("badnets", "none", 1, 0.88, 1.0),
+        _result("badnets", "ultraclean", 0, 0.85, 0.02, auroc=0.99),
+        _result("badnets", "ultraclean", 1, 0.85, 0.04, auroc=0.97),
+        _result("a,b", "none", 0, 0.80, 0.9, names=["a", "b"]),
+    ]
+    t = bench_tables(results, ["none", "ultraclean"])["cifar10"]
+    assert t["rows"] == ["badnets", "a,b: a", "a,b: b"]
+    s = t["cells"]["badnets"]["no defense"]["ca"]
+    assert (
+        s["n"] == 2 and s["mean"] == pytest.approx(87.0) and s["std"] == pytest.approx(1.414, 1e-3)
+    )
+    rows = grid_rows(t, {"ca": ("CA", True), "asr": ("ASR", False)})
+    assert rows[0]["no defense"] == "**87.00±1.41** / 100.00±0.00"
+    assert rows[0]["ultraclean"] == "85.00±0.00 / **3.00±1.41**"
+    det = grid_rows(t, {"auroc": ("AUROC", True)})
+    assert list(det[0]) == ["attack", "ultraclean"] and det[0]["ultraclean"] == "98.00±1.41"
+
+
+# ---------------------------------------------------------------------------------------
+# running: resume after a kill, Ray, the report in a browser
+
+
+def _env(cache: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["DETOX_CACHE"] = str(cache)
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    return env
+
+
+def _bench(args, env, **kw):
+    # one torch thread per cell: results are then bit-identical across processes
+    return subprocess.run(
+        [sys.executable, "-m", "detox", "bench", *args, "--threads", "1"],
+        env=env,
+        text=True,
+        capture_output=True,
+        **kw,
+    )
+
+
+def _seed_cache(src_cache: Path, dst_cache: Path) -> None:
+    """Share extracted datasets between test caches (the victims stay separate)."""
+    dst_cache.mkdir(parents=True, exist_ok=True)
+    for sub in Path(src_cache).iterdir() if Path(src_cache).is_dir() else []:
+        if sub.name != "victims" and not (dst_cache / sub.name).exists():
+            (dst_cache / sub.name).symlink_to(sub.resolve())
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, cifar_train):
+    """The tiny grid run once, uninterrupted, in its own victim cache."""
+    root = tmp_path_factory.mktemp("bench-ref")
+    cache = root / "cache"
+    _seed_cache(Path(os.environ["DETOX_CACHE"]), cache)
+    cfg = write(root, TINY)
+    out = root / "out"
+    p = _bench([str(cfg), "--out", str(out), "--quiet"], _env(cache))
+    assert p.returncode == 0, p.stderr
+    return cfg, out, cache
+
+
+def test_resume_after_kill(tmp_path, reference_run):
+    cfg, ref_out, _ = reference_run
+    cache = tmp_path / "cache"
+    _seed_cache(Path(os.environ["DETOX_CACHE"]), cache)
+    out = tmp_path / "out"
+    env = _env(cache)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "detox", "bench", str(cfg), "--out", str(out), "--quiet"]
+        + ["--threads", "1"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.time() + 600
+    cells = out / "cells"
+    while time.time() < deadline and len(list(cells.glob("*.json"))) < 2:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = {p.name: p.stat().st_mtime_ns for p in cells.glob("*.json")}
+    assert 2 <= len(finished) < 4, "the kill should land mid-grid"
+    assert not (out / "tables.md").exists()
+
+    again = _bench([str(cfg), "--out", str(out), "--quiet"], env)
+    assert again.returncode == 2 and "--resume" in again.stderr
+
+    p = _bench([str(cfg), "--out", str(out), "--quiet", "--resume"], env)
+    assert p.returncode == 0, p.stderr
+    assert "already finished" in p.stdout
+    # finished cells untouched, the table identical to the uninterrupted run's
+    for name, mtime in finished.items():
+        assert (cells / name).stat().st_mtime_ns == mtime
+    assert (out / "tables.md").read_text() == (ref_out / "tables.md").read_text()
+    # the victims trained before the kill were not trained again
+    results = [json.loads(p.read_text()) for p in cells.glob("*.json")]
+    victims_before = {json.loads((cells / n).read_text())["victim"]["key"] for n in finished}
+    for r in results:
+        if r["cell"] + ".json" not in finished and r["victim"]["key"] in victims_before:
+            assert r["victim"]["cached"] is True
+    # every trained model (2 victims, 2 retrained after the cut) is in the cache once
+    trained = {r["victim"]["key"] for r in results} | {
+        r["defense_info"]["retrain"]["key"] for r in results if r["kind"] == "detector"
+    }
+    cached = {d.name for d in (cache / "victims").iterdir() if not d.name.startswith(".")}
+    assert len(trained) == 4 and cached == trained
+
+
+def test_ray_executor_matches_local(tmp_path, reference_run):
+    pytest.importorskip("ray")
+    cfg, ref_out, _ = reference_run
+    cache = tmp_path / "cache"
+    _seed_cache(Path(os.environ["DETOX_CACHE"]), cache)
+    out = tmp_path / "out"
+    p = _bench(
+        [str(cfg), "--out", str(out), "--quiet", "--executor", "ray", "--workers", "2"],
+        _env(cache),
+        timeout=900,
+    )
+    assert p.returncode == 0, p.stderr
+    ref = {r.name: json.loads(r.read_text()) for r in (ref_out / "cells").glob("*.json")}
+    got = {r.name: json.loads(r.read_text()) for r in (out / "cells").glob("*.json")}
+    assert set(got) == set(ref)
+    for name, r in ref.items():
+        g = got[name]
+        # same seeds, one thread each: the same numbers up to float rounding
+        assert g["evaluation"]["ca"] == pytest.approx(r["evaluation"]["ca"], abs=1e-6)
+        for a, m in r["evaluation"]["attacks"].items():
+            assert g["evaluation"]["attacks"][a]["asr"] == pytest.approx(m["asr"], abs=1e-6)
+        if "detection" in r:
+            ga = g["detection"]["overall"]["auroc"]
+            assert ga == pytest.approx(r["detection"]["overall"]["auroc"], abs=1e-6)
+    assert (out / "tables.md").read_text() == (ref_out / "tables.md").read_text()
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if path := shutil.which(name):
+            return path
+    return None
+
+
+def test_report_in_headless_chromium(tmp_path, reference_run):
+    """The report opens from the file system with no console errors, and shows the
+    tables and the figures (screenshot kept in the test's temp dir)."""
+    chromium = _chromium()
+    required = os.environ.get("DETOX_REQUIRE_BROWSER") == "1"
+    try:
+        import playwright  # noqa: F401
+    except ImportError:
+        chromium = None
+    if chromium is None:
+        if required:
+            pytest.fail("DETOX_REQUIRE_BROWSER=1 but Chromium or playwright is missing")
+        pytest.skip("no Chromium (or no playwright) on this machine")
+    from playwright.sync_api import sync_playwright
+
+    _, out, _ = reference_run
+    report = out / "report.html"
+    assert report.is_file()
+    errors: list[str] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=chromium,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        failed: list[str] = []
+        page.on("requestfailed", lambda r: failed.append(r.url))
+        page.goto(report.as_uri())
+        page.wait_for_load_state("load")
+        shot = tmp_path / "report.png"
+        page.screenshot(path=str(shot), full_page=True)
+        n_tables = page.locator("table").count()
+        imgs = page.locator("img")
+        loaded = [
+            imgs.nth(i).evaluate("e => e.complete && e.naturalWidth > 0")
+            for i in range(imgs.count())
+        ]
+        text = page.inner_text("body")
+        browser.close()
+    assert errors == [] and failed == []
+    assert n_tables >= 3  # CA/PA/ASR, detection, cells
+    assert len(loaded) >= 4 and all(loaded)  # samples, histograms, ROC curves
+    assert "no defense" in text and "ultraclean" in text and "Glossary" in text
+    assert shot.stat().st_size > 50_000
