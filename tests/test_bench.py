@@ -333,3 +333,42 @@ def test_report_in_headless_chromium(tmp_path, reference_run):
     assert len(loaded) >= 4 and all(loaded)  # samples, histograms, ROC curves
     assert "no defense" in text and "ultraclean" in text and "Glossary" in text
     assert shot.stat().st_size > 50_000
+
+
+def test_demo_smoke(tmp_path):
+    """`detox demo --smoke`: the demo's grid end to end at toy scale, SampDetox included."""
+    env = _env(Path(os.environ["DETOX_CACHE"]))
+    diff = tmp_path / "diffusion"
+    p = subprocess.run(
+        [sys.executable, "-m", "detox", "diffusion", "train", "--preset", "smoke"]
+        + ["--out", str(diff), "--quiet"],
+        env=env,
+        text=True,
+        capture_output=True,
+    )
+    assert p.returncode == 0, p.stderr
+    out = tmp_path / "demo"
+    p = subprocess.run(
+        [sys.executable, "-m", "detox", "demo", "--smoke", "--diffusion", str(diff)]
+        + ["--out", str(out), "--quiet", "--threads", "1"],
+        env=env,
+        text=True,
+        capture_output=True,
+    )
+    assert p.returncode == 0, p.stderr
+    header = next(line for line in p.stdout.splitlines() if line.startswith("| attack"))
+    for col in ("no defense", "ultraclean", "sampdetox", "badloss"):
+        assert col in header
+    assert "badloss-cifar10: single-pixel" in p.stdout
+    assert (out / "report.html").is_file() and f"report: {out}/report.html" in p.stdout
+    assert len(list((out / "cells").glob("*.json"))) == 12
+
+
+def test_demo_without_diffusion_leaves_sampdetox_out():
+    from detox.cli.bench_cmd import demo_config
+
+    cfg = demo_config(None)
+    assert "sampdetox" not in cfg.defenses()
+    assert {"ultraclean", "badloss"} <= set(cfg.defenses())
+    with_model = demo_config("some/folder")
+    assert "sampdetox" in with_model.defenses()

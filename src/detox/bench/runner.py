@@ -270,9 +270,13 @@ def run_bench(
     ray_address: str | None = None,
     workers: int | None = None,
     threads: int | None = None,
+    only: str | None = None,
     report: bool = True,
 ) -> dict[str, Any]:
     """Run every cell of ``cfg`` not finished yet; write tables (and the report).
+
+    ``only``: comma-separated glob patterns of cell ids (``*badnets*``); the other cells
+    are left for another run (tables and report cover every finished cell).
 
     Returns ``{"results", "tables", "markdown", "computed", "skipped", "seconds"}``.
     """
@@ -283,7 +287,7 @@ def run_bench(
     out = Path(out)
     cells = cfg.cells()
     done_before = finished_cells(out, cells)
-    if done_before and not resume:
+    if done_before and not resume and not only:
         raise ConfigError(
             f"{out} already holds {len(done_before)} finished cell(s) of this bench; pass "
             "--resume to continue it (finished cells are kept), or choose another --out"
@@ -295,13 +299,20 @@ def run_bench(
     )
     finished = {c.id for c in done_before}
     todo = [c for c in cells if c.id not in finished]
+    if only:
+        import fnmatch
+
+        pats = [p.strip() for p in only.split(",") if p.strip()]
+        todo = [c for c in todo if any(fnmatch.fnmatch(c.id, p) for p in pats)]
+        if not any(fnmatch.fnmatch(c.id, p) for c in cells for p in pats):
+            raise ConfigError(f"--only {only!r} matches no cell of this bench")
     if threads is not None and threads < 1:
         raise ConfigError(f"threads={threads}: expected >= 1")
     ctx = BenchContext(str(out), device, data_dir, progress=False, threads=threads)
     ex = EXECUTORS.get(executor)(address=ray_address, workers=workers)
     bar = tqdm(
-        total=len(cells),
-        initial=len(cells) - len(todo),
+        total=len(finished) + len(todo),
+        initial=len(finished),
         desc=f"bench {cfg.name}",
         unit="cell",
         disable=not progress,

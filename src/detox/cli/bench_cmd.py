@@ -16,11 +16,14 @@ import argparse
 from detox.cli import COMMANDS
 
 
-def add_bench_options(p: argparse.ArgumentParser) -> None:
+def add_bench_options(p: argparse.ArgumentParser, out_default: str | None = None) -> None:
     from detox.bench.runner import EXECUTORS
     from detox.utils.device import DEVICE_CHOICES
 
-    p.add_argument("--out", required=True, help="output folder")
+    if out_default:
+        p.add_argument("--out", default=out_default, help=f"output folder ({out_default})")
+    else:
+        p.add_argument("--out", required=True, help="output folder")
     p.add_argument(
         "--resume",
         action="store_true",
@@ -31,6 +34,12 @@ def add_bench_options(p: argparse.ArgumentParser) -> None:
         default="local",
         choices=EXECUTORS.names(),
         help="run cells in this process (local) or as Ray tasks (ray; pip install detox[ray])",
+    )
+    p.add_argument(
+        "--only",
+        default=None,
+        help="run only the cells whose id matches these comma-separated globs, e.g. "
+        "'*badnets*' (finished cells of the others are kept and tabulated)",
     )
     p.add_argument("--ray-address", default=None, help="Ray cluster address (default: local)")
     p.add_argument("--workers", type=int, default=None, help="local Ray workers (default: CPUs)")
@@ -78,6 +87,7 @@ def execute(cfg, args: argparse.Namespace) -> int:
         ray_address=args.ray_address,
         workers=args.workers,
         threads=args.threads,
+        only=args.only,
     )
     print((res["markdown"] or "(no finished cells)").rstrip())
     print(
@@ -87,3 +97,84 @@ def execute(cfg, args: argparse.Namespace) -> int:
     print(f"tables: {args.out}/tables.md")
     print(f"report: {args.out}/report.html")
     return 0
+
+
+# ---------------------------------------------------------------------------------------
+# detox demo
+
+DEMO_SMOKE = {"train_subset": 300, "test_subset": 100, "test_limit": 60, "epochs": 1}
+
+
+@COMMANDS.register("demo")
+def register_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="poison CIFAR-10 (BadNets, Blended, WaNet, a multi-attack suite), run "
+        "UltraClean, BaDLoss and SampDetox, print the table and write the HTML report",
+    )
+    add_bench_options(p, out_default="runs/demo")
+    p.add_argument(
+        "--diffusion",
+        default=None,
+        help="diffusion model for SampDetox (folder or hub id; default: the packaged one, "
+        "if installed; without one SampDetox is left out)",
+    )
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a tiny version (300 images, 1 epoch, small CNN) that checks the wiring in ~2 min",
+    )
+    p.add_argument("--print-config", action="store_true", help="print the grid and exit")
+    p.set_defaults(func=run_demo)
+
+
+def demo_config(diffusion: str | None, smoke: bool = False):
+    """The packaged demo grid (``detox/bench/demo.toml``), with SampDetox pointed at
+    ``diffusion`` (or left out when there is none)."""
+    import copy
+    import tomllib
+    from importlib import resources
+
+    from detox.bench.config import parse_bench
+
+    data = tomllib.loads(resources.files("detox.bench").joinpath("demo.toml").read_text())
+    data = copy.deepcopy(data)
+    if smoke:
+        data["preset"] = "smoke"
+        data["set"] = dict(DEMO_SMOKE)
+        data["name"] = "demo-smoke"
+    for g in data.get("grid", []):
+        if "sampdetox" in g.get("defenses", []):
+            if diffusion:
+                g.setdefault("defense_set", {})["sampdetox"] = {"diffusion": diffusion}
+            else:
+                g["defenses"] = [d for d in g["defenses"] if d != "sampdetox"]
+        if smoke and "badloss" in g.get("defense_set", {}):
+            g["defense_set"]["badloss"]["pretrain_epochs"] = DEMO_SMOKE["epochs"]
+    return parse_bench(data, "detox/bench/demo.toml" + (" (smoke)" if smoke else ""))
+
+
+def packaged_diffusion() -> str | None:
+    """The diffusion model shipped with detox for CIFAR-10, if this install has it."""
+    from importlib import resources
+
+    root = resources.files("detox").joinpath("weights", "ddpm-cifar10-32")
+    return str(root) if root.is_dir() else None
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    import sys
+
+    diffusion = args.diffusion or packaged_diffusion()
+    if diffusion is None:
+        print(
+            "detox demo: no diffusion model for SampDetox (pass --diffusion PATH, e.g. one "
+            "written by `detox diffusion train`); running the demo without it",
+            file=sys.stderr,
+        )
+    cfg = demo_config(diffusion, smoke=args.smoke)
+    if args.print_config:
+        for c in cfg.cells():
+            print(c.id)
+        return 0
+    return execute(cfg, args)
