@@ -223,16 +223,11 @@ def resolve_configs(
 def select_clean_probes(pset: PoisonedSet, n: int, seed: int, class_balanced: bool = False):
     """A seeded sample of ``n`` truly clean examples, as the BaDLoss paper's benchmarks do
     (the defender vouches for them). Returns sorted indices into ``pset``."""
-    clean = (~pset.is_poisoned).nonzero().flatten()
-    if n > len(clean):
-        raise ConfigError(f"need {n} clean probes but only {len(clean)} clean examples exist")
-    g = torch.Generator().manual_seed(int(seed))
-    if not class_balanced:
-        return clean[torch.randperm(len(clean), generator=g)[:n]].sort().values.numpy()
-    from detox.data.base import stratified_subsample
+    from detox.defenses.probes import select_probes
 
-    pick = stratified_subsample(pset.y_true[clean], n, seed, pset.num_classes)
-    return clean[pick].sort().values.numpy()
+    return select_probes(
+        pset.y_true, n, seed, clean_mask=~pset.is_poisoned, class_balanced=class_balanced
+    )
 
 
 def detection_report(

@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--trusted",
         default=None,
-        help="trusted clean examples (probes): a text file of indices, or a comma list",
+        help="trusted clean examples: a text file of indices, or a comma list (a seeded sample of n_probes is drawn from them)",
     )
     p.add_argument("--defense-preset", default=None, help="preset of the detector's settings")
     add_common(p, out=True)
@@ -84,9 +84,19 @@ def run(args: argparse.Namespace) -> int:
     probes = None
     if det.needs_probes:
         if args.trusted:
-            probes = read_indices(args.trusted, len(pset))
+            from detox.defenses.probes import select_probes
+
+            trusted = read_indices(args.trusted, len(pset))
+            n = min(int(det.config.n_probes), len(trusted))
+            balanced = bool(getattr(det.config, "class_balanced_probes", False))
+            probes = select_probes(pset.y, n, args.seed, trusted=trusted, class_balanced=balanced)
         elif has_truth:
-            probes = select_clean_probes(pset, int(det.config.n_probes), args.seed)
+            probes = select_clean_probes(
+                pset,
+                int(det.config.n_probes),
+                args.seed,
+                class_balanced=bool(getattr(det.config, "class_balanced_probes", False)),
+            )
         else:
             raise ConfigError(
                 f"{args.defense} needs trusted clean examples: pass --trusted FILE_OR_LIST"
