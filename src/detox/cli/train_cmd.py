@@ -10,7 +10,11 @@ from detox.cli import COMMANDS, add_common
 
 @COMMANDS.register("train")
 def register_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a classifier on a dataset")
+    p = sub.add_parser(
+        "train",
+        help="train a classifier on a dataset (under torchrun: data-parallel, see "
+        "detox.distributed)",
+    )
     p.add_argument("--dataset", default="cifar10", help="registered name or a path")
     p.add_argument("--model", default=None, help="model name (default: the preset's)")
     p.add_argument("--epochs", type=int, default=None, help="epochs (default: the preset's)")
@@ -61,47 +65,65 @@ def run_train(args: argparse.Namespace) -> int:
         **{**{k: v for k, v in explicit.items() if v is not None}, **tover},
         progress=not args.quiet,
     )
+    from detox.distributed import ddp_session, unwrap
+
     device = resolve_device(args.device)
     train_ds, test_ds = load_splits(dcfg, args.data_dir)
-    run = RunDir(args.out)
-    run.write_config(
-        "train",
-        {
-            "preset": args.preset,
-            "device": str(device),
-            "data": asdict(dcfg),
-            "train": asdict(tcfg),
-            "data_source": {"train": train_ds.meta, "test": test_ds.meta},
-        },
-    )
-    model = build_model(
-        tcfg.model,
-        train_ds.num_classes,
-        width=tcfg.width,
-        in_channels=train_ds.x.shape[1],
-        dataset=train_ds.meta.get("dataset", dcfg.dataset),
-        seed=tcfg.seed,
-    )
-    res = train(
-        model,
-        train_ds.x,
-        train_ds.y,
-        tcfg,
-        device=device,
-        eval_data=(test_ds.x, test_ds.y) if args.eval_every_epoch else None,
-        desc=f"train {tcfg.model}",
-    )
-    acc = accuracy(res.model, test_ds.x, test_ds.y, tcfg.eval_batch_size)
-    save_checkpoint(res.model, run.path, extra={"classes": train_ds.classes, "train": asdict(tcfg)})
-    summary = {
-        "test_accuracy": acc,
-        "train_seconds": round(res.seconds, 2),
-        "train_images_per_second": round(res.images_per_second, 1),
-        "n_train": len(train_ds),
-        "n_test": len(test_ds),
-        "history": res.history,
-    }
-    run.write_summary(summary)
+    with ddp_session(device) as ddp:
+        main = ddp is None or ddp.is_main
+        if ddp is not None:
+            device = ddp.device
+        run = RunDir(args.out) if main else None
+        if run is not None:
+            run.write_config(
+                "train",
+                {
+                    "preset": args.preset,
+                    "device": str(device),
+                    "data": asdict(dcfg),
+                    "train": asdict(tcfg),
+                    "data_source": {"train": train_ds.meta, "test": test_ds.meta},
+                    "distributed": None if ddp is None else {"world_size": ddp.world},
+                },
+            )
+        model = build_model(
+            tcfg.model,
+            train_ds.num_classes,
+            width=tcfg.width,
+            in_channels=train_ds.x.shape[1],
+            dataset=train_ds.meta.get("dataset", dcfg.dataset),
+            seed=tcfg.seed,
+        )
+        x, y, cfg = train_ds.x, train_ds.y, tcfg
+        if ddp is not None:
+            x, y = ddp.shard(x, y, tcfg.seed)
+            cfg = ddp.batch_config(tcfg)
+            model = ddp.wrap(model, cfg.channels_last)
+        res = train(
+            model,
+            x,
+            y,
+            cfg,
+            device=device,
+            eval_data=(test_ds.x, test_ds.y) if args.eval_every_epoch and main else None,
+            desc=f"train {tcfg.model}",
+        )
+        if run is None:
+            return 0
+        model = unwrap(res.model)
+        acc = accuracy(model, test_ds.x, test_ds.y, tcfg.eval_batch_size)
+        save_checkpoint(model, run.path, extra={"classes": train_ds.classes, "train": asdict(tcfg)})
+        summary = {
+            "test_accuracy": acc,
+            "train_seconds": round(res.seconds, 2),
+            "train_images_per_second": round(res.images_per_second * (ddp.world if ddp else 1), 1),
+            "n_train": len(train_ds),
+            "n_train_used": len(x) * (ddp.world if ddp else 1),
+            "n_test": len(test_ds),
+            "world_size": ddp.world if ddp else 1,
+            "history": res.history,
+        }
+        run.write_summary(summary)
     print(f"test accuracy {acc:.4f} after {res.seconds:.0f}s of training -> {Path(args.out)}")
     return 0
 
