@@ -372,3 +372,15 @@ def test_demo_without_diffusion_leaves_sampdetox_out():
     assert {"ultraclean", "badloss"} <= set(cfg.defenses())
     with_model = demo_config("some/folder")
     assert "sampdetox" in with_model.defenses()
+
+
+def test_only_and_threads_are_checked(tmp_path):
+    from detox.bench.runner import run_bench
+
+    cfg = load_bench_config(write(tmp_path, TINY))
+    with pytest.raises(ConfigError, match="matches no cell"):
+        run_bench(cfg, tmp_path / "o", only="*nothing*", progress=False)
+    with pytest.raises(ConfigError, match="threads=0"):
+        run_bench(cfg, tmp_path / "o", threads=0, progress=False)
+    with pytest.raises(ConfigError, match="unknown executor|executor"):
+        run_bench(cfg, tmp_path / "o", executor="slurm", progress=False)
