@@ -384,3 +384,13 @@ def test_only_and_threads_are_checked(tmp_path):
         run_bench(cfg, tmp_path / "o", threads=0, progress=False)
     with pytest.raises(ConfigError, match="unknown executor|executor"):
         run_bench(cfg, tmp_path / "o", executor="slurm", progress=False)
+
+
+def test_smallest_class_removal():
+    from detox.bench.report import smallest_class_removal
+
+    det = {"per_class_count": [5, 3, 9, 1, 3], "per_class_removal": [0.1, 0.2, 0.3, 0.4, 0.5]}
+    rows = smallest_class_removal(det, 3)
+    assert [r["class"] for r in rows] == [3, 1, 4]
+    assert rows[0] == {"class": 3, "examples": 1, "removed %": 40.0}
+    assert smallest_class_removal({}) == []

@@ -247,6 +247,7 @@ def detection_report(
         sel = consider & ((aid == i) | (aid < 0))
         out["per_attack"][a["name"]] = detection_metrics(scores[sel], aid[sel] == i, removed[sel])
     out["per_class_removal"] = per_class_removal(removed, pset.y_true, pset.num_classes)
+    out["per_class_count"] = np.bincount(pset.y_true.numpy(), minlength=pset.num_classes).tolist()
     return out
 
 

@@ -73,6 +73,33 @@ def _html_table(rows: list[dict[str, Any]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
+def smallest_class_removal(det: dict[str, Any], n: int = 5) -> list[dict[str, Any]]:
+    """Removal rate of the ``n`` classes with the fewest training examples (true labels),
+    from a detection report; empty when the report has no class counts."""
+    counts, rates = det.get("per_class_count"), det.get("per_class_removal")
+    if not counts or not rates:
+        return []
+    order = sorted(range(len(counts)), key=lambda c: (counts[c], c))[:n]
+    return [{"class": c, "examples": counts[c], "removed %": 100 * rates[c]} for c in order]
+
+
+def _removal_table(r: dict[str, Any]) -> str:
+    det = r.get("detection") or {}
+    rows = smallest_class_removal(det)
+    if not rows:
+        return ""
+    overall = (
+        100
+        * float(det.get("overall", {}).get("removed", 0))
+        / max(1, int(det.get("overall", {}).get("n", 1)))
+    )
+    body = [{**row, "removed %": f"{row['removed %']:.1f}"} for row in rows]
+    return (
+        f"<p class='meta'>{html.escape(r['defense'])}: removal in the {len(rows)} smallest "
+        f"classes (overall {overall:.1f}% of the non-probe examples)</p>" + _html_table(body)
+    )
+
+
 def render_report(out: Path, cfg: Any, results: list[dict[str, Any]], tables: dict) -> str:
     from detox.runs import environment
 
@@ -113,6 +140,7 @@ def render_report(out: Path, cfg: Any, results: list[dict[str, Any]], tables: di
             d = r["defense"]
             files = out / "cells" / r["cell"]
             if r["kind"] == "detector":
+                parts.append(_removal_table(r))
                 parts.append(_img(files / f"{d}_hist.png", f"{d}: scores, clean vs poisoned"))
                 parts.append(_img(files / f"{d}_roc.png", f"{d}: ROC per attack"))
                 parts.append(
