@@ -384,6 +384,9 @@ def test_only_and_threads_are_checked(tmp_path):
         run_bench(cfg, tmp_path / "o", threads=0, progress=False)
     with pytest.raises(ConfigError, match="unknown executor|executor"):
         run_bench(cfg, tmp_path / "o", executor="slurm", progress=False)
+    res = run_bench(cfg, tmp_path / "t", tabulate_only=True, progress=False)
+    assert (res["computed"], res["skipped"], res["left"]) == (0, 0, 4)
+    assert (tmp_path / "t" / "report.html").is_file()
 
 
 def test_smallest_class_removal():

@@ -272,13 +272,16 @@ def run_bench(
     threads: int | None = None,
     only: str | None = None,
     report: bool = True,
+    tabulate_only: bool = False,
 ) -> dict[str, Any]:
     """Run every cell of ``cfg`` not finished yet; write tables (and the report).
 
+    ``tabulate_only``: compute nothing; tabulate the finished cells and write the report.
     ``only``: comma-separated glob patterns of cell ids (``*badnets*``); the other cells
     are left for another run (tables and report cover every finished cell).
 
-    Returns ``{"results", "tables", "markdown", "computed", "skipped", "seconds"}``.
+    Returns ``{"results", "tables", "markdown", "computed", "skipped" (finished before),
+    "left" (not run: ``only`` / ``tabulate_only``), "seconds"}``.
     """
     from tqdm.auto import tqdm
 
@@ -287,7 +290,7 @@ def run_bench(
     out = Path(out)
     cells = cfg.cells()
     done_before = finished_cells(out, cells)
-    if done_before and not resume and not only:
+    if done_before and not resume and not only and not tabulate_only:
         raise ConfigError(
             f"{out} already holds {len(done_before)} finished cell(s) of this bench; pass "
             "--resume to continue it (finished cells are kept), or choose another --out"
@@ -298,7 +301,7 @@ def run_bench(
         {**cfg.to_dict(), "cells": [c.id for c in cells], "executor": executor},
     )
     finished = {c.id for c in done_before}
-    todo = [c for c in cells if c.id not in finished]
+    todo = [] if tabulate_only else [c for c in cells if c.id not in finished]
     if only:
         import fnmatch
 
@@ -324,7 +327,8 @@ def run_bench(
         bar.set_postfix_str(res["cell"][-40:], refresh=True)
 
     try:
-        ex.run(todo, ctx, done)
+        if todo:
+            ex.run(todo, ctx, done)
     finally:
         bar.close()
     results = [read_json(cell_path(out, c)) for c in cells if cell_path(out, c).is_file()]
@@ -339,6 +343,7 @@ def run_bench(
         "tables": tables,
         "markdown": md,
         "computed": len(todo),
-        "skipped": len(cells) - len(todo),
+        "skipped": len(finished),
+        "left": len(cells) - len(finished) - len(todo),
         "seconds": round(time.perf_counter() - t0, 2),
     }

@@ -41,6 +41,11 @@ def add_bench_options(p: argparse.ArgumentParser, out_default: str | None = None
         help="run only the cells whose id matches these comma-separated globs, e.g. "
         "'*badnets*' (finished cells of the others are kept and tabulated)",
     )
+    p.add_argument(
+        "--tables-only",
+        action="store_true",
+        help="compute nothing: tabulate the finished cells in --out and rewrite the report",
+    )
     p.add_argument("--ray-address", default=None, help="Ray cluster address (default: local)")
     p.add_argument("--workers", type=int, default=None, help="local Ray workers (default: CPUs)")
     p.add_argument(
@@ -88,11 +93,12 @@ def execute(cfg, args: argparse.Namespace) -> int:
         workers=args.workers,
         threads=args.threads,
         only=args.only,
+        tabulate_only=args.tables_only,
     )
     print((res["markdown"] or "(no finished cells)").rstrip())
     print(
         f"\n{res['computed']} cell(s) computed, {res['skipped']} already finished, "
-        f"{res['seconds']:.0f} s"
+        f"{res['left']} left for another run; {res['seconds']:.0f} s"
     )
     print(f"tables: {args.out}/tables.md")
     print(f"report: {args.out}/report.html")
