@@ -143,11 +143,7 @@ def render_report(out: Path, cfg: Any, results: list[dict[str, Any]], tables: di
                 parts.append(_removal_table(r))
                 parts.append(_img(files / f"{d}_hist.png", f"{d}: scores, clean vs poisoned"))
                 parts.append(_img(files / f"{d}_roc.png", f"{d}: ROC per attack"))
-                parts.append(
-                    _img(files / f"{d}_trajectories.png", f"{d}: loss trajectories")
-                    if (files / f"{d}_trajectories.png").is_file()
-                    else ""
-                )
+                parts.append(_img(files / f"{d}_trajectories.png", f"{d}: loss trajectories"))
             elif r["kind"] == "purifier":
                 parts.append(
                     _img(files / f"{d}_samples.png", f"{d}: test inputs and purified outputs")

@@ -122,7 +122,7 @@ def run_cell(cell: Cell, ctx: BenchContext, _after: Any = None) -> dict[str, Any
     result: dict[str, Any] = {
         "cell": cell.id,
         "group": cell.group.id,
-        **{k: v for k, v in dataclasses.asdict(cell).items()},
+        **dataclasses.asdict(cell),
         "attack_names": pset.attack_names,
         "poisoned": pset.summary(),
         "victim": _victim_info(info),
@@ -148,7 +148,6 @@ def run_cell(cell: Cell, ctx: BenchContext, _after: Any = None) -> dict[str, Any
         result["evaluation"] = res["evaluation"]
         if "detection" in res:
             result["detection"] = res["detection"]
-        result["defense"] = cell.defense
         result["defense_info"] = {
             k: v for k, v in res.items() if k not in ("evaluation", "detection", "kind")
         }
