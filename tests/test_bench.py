@@ -362,6 +362,7 @@ def test_demo_smoke(tmp_path):
     assert "badloss-cifar10: single-pixel" in p.stdout
     assert (out / "report.html").is_file() and f"report: {out}/report.html" in p.stdout
     assert len(list((out / "cells").glob("*.json"))) == 12
+    assert len(list((out / "cells").glob("*/sampdetox_samples.png"))) == 3
 
 
 def test_demo_without_diffusion_leaves_sampdetox_out():

@@ -70,6 +70,7 @@ def test_run_with_sampdetox(tmp_path):
     ev = json.loads((out / "summary.json").read_text())["evaluations"]["sampdetox"]
     assert ev["n_test"] == 40 and ev["attacks"]["badnets"]["n"] == 20
     assert np.isfinite(ev["ca"])
+    assert (out / "sampdetox_samples.png").is_file()  # inputs and purified outputs
     # detox purify on the poisoned-set artefact: purified clean and triggered images
     pur = tmp_path / "pur"
     rc = main(["purify", "--input", str(artefact_dir(tmp_path)), "--defense", "sampdetox",

@@ -365,7 +365,8 @@ def run_defense(
     ``overrides`` are settings of the defense's own config (e.g. ``diffusion=PATH``).
 
     Detectors: score -> cut -> retrain -> evaluate, scores CSV and figures. Purifiers:
-    evaluate the victim on purified test inputs. Returns the evaluation (and detection
+    evaluate the victim on purified test inputs and draw ``<name>_samples.png`` (inputs
+    and purified outputs). Returns the evaluation (and detection
     metrics for detectors) as plain data.
     """
     from detox.defenses.detectors import DETECTORS, build_detector
@@ -409,9 +410,28 @@ def run_defense(
         PURIFIERS = None  # type: ignore[assignment]
     if PURIFIERS is not None and name in PURIFIERS:
         pur = build_purifier(name, preset, **(overrides or {}))
-        return purified_evaluation(pur, victim, pset, device, seed, progress)
+        res = purified_evaluation(pur, victim, pset, device, seed, progress)
+        purification_samples(pur, pset, Path(out_dir) / f"{name}_samples.png", device, seed)
+        return res
     valid = DETECTORS.names() + (PURIFIERS.names() if PURIFIERS is not None else [])
     raise ConfigError(f"unknown defense {name!r}; valid defenses: {', '.join(sorted(valid))}")
+
+
+def purification_samples(
+    purifier: Any,
+    pset: PoisonedSet,
+    path: str | os.PathLike,
+    device: torch.device | str,
+    seed: int,
+) -> Path:
+    """Clean and triggered test images (4 of each, 12 at most) before and after ``purifier``."""
+    from detox.defenses.purifiers import purify_all
+    from detox.plots.purification import purification_grid
+
+    xs = [pset.test.x[:4]] + [t.x[:4] for t in pset.triggered.values()]
+    x = torch.cat(xs)[:12]
+    after = purify_all(purifier, x, device=device, seed=seed, progress=False)
+    return purification_grid(x, after, path)
 
 
 def purified_evaluation(

@@ -151,27 +151,11 @@ def run_cell(cell: Cell, ctx: BenchContext, _after: Any = None) -> dict[str, Any
         result["defense_info"] = {
             k: v for k, v in res.items() if k not in ("evaluation", "detection", "kind")
         }
-        if res["kind"] == "purifier":
-            _purification_figure(cell, pset, files, device, ctx)
     result["seconds"] = round(time.perf_counter() - t0, 2)
     result["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     result["environment"] = environment()
     atomic_write_json(cell_path(ctx.out, cell), result)
     return result
-
-
-def _purification_figure(cell: Cell, pset: Any, files: Path, device: Any, ctx) -> None:
-    """Clean and triggered test images before and after the purifier (4 of each)."""
-    import torch
-
-    from detox.defenses.purifiers import build_purifier, purify_all
-    from detox.plots.purification import purification_grid
-
-    pur = build_purifier(cell.defense, cell.defense_preset, **dict(cell.defense_overrides))
-    xs = [pset.test.x[:4]] + [t.x[:4] for t in pset.triggered.values()]
-    x = torch.cat(xs)[:12]
-    after = purify_all(pur, x, device=device, seed=cell.seed, progress=False)
-    purification_grid(x, after, files / f"{cell.defense}_samples.png")
 
 
 # ---------------------------------------------------------------------------------------
