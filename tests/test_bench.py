@@ -155,6 +155,22 @@ def test_tables_mean_std_and_bold():
     assert list(det[0]) == ["attack", "ultraclean"] and det[0]["ultraclean"] == "98.00±1.41"
 
 
+def test_defense_variants_get_their_own_columns():
+    """Two settings of one defense on one victim are two columns, never averaged."""
+    plain = _result("badnets", "ultraclean", 0, 0.84, 0.03, auroc=0.90)
+    known = _result("badnets", "ultraclean", 0, 0.86, 0.01, auroc=0.90)
+    other = _result("badnets", "ultraclean", 0, 0.80, 0.02, auroc=0.90)
+    for r in (plain, known, other):
+        r["preset"] = r["defense_preset"] = "quick"
+        r["defense_overrides"] = []
+    known["defense_overrides"] = [["known_target", 0]]  # as read back from JSON
+    other["defense_preset"] = "paper"
+    t = bench_tables([plain, known, other], ["ultraclean"])["cifar10"]
+    assert t["columns"] == ["ultraclean", "ultraclean (known_target=0)", "ultraclean [paper]"]
+    assert t["cells"]["badnets"]["ultraclean (known_target=0)"]["ca"]["mean"] == pytest.approx(86)
+    assert t["cells"]["badnets"]["ultraclean"]["ca"]["n"] == 1
+
+
 # ---------------------------------------------------------------------------------------
 # running: resume after a kill, Ray, the report in a browser
 

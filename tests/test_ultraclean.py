@@ -301,3 +301,25 @@ def test_known_target_budget_and_cut():
     assert set(np.flatnonzero(removed)) == set(top)
     # a budget beyond the class size removes the whole class, nothing else
     assert det.cut_known_target(scores, labels, 2, n_poisons=90).sum() == 100
+
+
+def test_known_target_setting_drives_the_cut(cifar_small):
+    """``known_target`` switches the detector's cut to the in-class budget, taking the
+    number of poisons from the setting or from the set's ground truth."""
+    from detox.attacks.poison import poison
+
+    pset = poison(cifar_small, "badnets", seed=0)
+    scores = np.random.default_rng(2).random(len(pset))
+    labels = pset.y.numpy()
+    ctx = DetectorContext.for_set(pset)
+    assert ctx.n_poisons == int(pset.is_poisoned.sum()) > 0
+    det = build_detector("ultraclean", known_target=0)
+    removed = det.cut(scores, ctx)
+    assert removed.sum() == known_target_budget(ctx.n_poisons) and np.all(labels[removed] == 0)
+    det = build_detector("ultraclean", known_target=0, known_poisons=4)
+    assert det.cut(scores, ctx).sum() == 6
+    # no ground truth and no known_poisons: a clear error
+    with pytest.raises(ConfigError, match="known_poisons"):
+        build_detector("ultraclean", known_target=0).cut(scores, DetectorContext(labels=labels))
+    with pytest.raises(ConfigError, match="known_target"):
+        build_detector("ultraclean", known_target=-1)

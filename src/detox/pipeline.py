@@ -269,7 +269,8 @@ def cleanse_and_retrain(
 
     from detox.defenses.detectors import DetectorContext
 
-    ctx = DetectorContext(
+    ctx = DetectorContext.for_set(
+        pset,
         model=victim if detector.needs_model else None,
         probes=probes,
         train_config=tcfg,

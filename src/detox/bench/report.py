@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from detox.bench.tables import DETECT_METRICS, EVAL_METRICS, grid_rows
+from detox.bench.tables import DETECT_METRICS, EVAL_METRICS, column_label, grid_rows
 from detox.utils.io import atomic_write_text
 
 GLOSSARY = {
@@ -95,7 +95,7 @@ def _removal_table(r: dict[str, Any]) -> str:
     )
     body = [{**row, "removed %": f"{row['removed %']:.1f}"} for row in rows]
     return (
-        f"<p class='meta'>{html.escape(r['defense'])}: removal in the {len(rows)} smallest "
+        f"<p class='meta'>{html.escape(column_label(r))}: removal in the {len(rows)} smallest "
         f"classes (overall {overall:.1f}% of the non-probe examples)</p>" + _html_table(body)
     )
 
@@ -137,22 +137,22 @@ def render_report(out: Path, cfg: Any, results: list[dict[str, Any]], tables: di
         )
         parts.append(_img(out / "groups" / gid / "samples.png", "clean vs poisoned, trigger map"))
         for r in rs:
-            d = r["defense"]
+            d, label = r["defense"], column_label(r)
             files = out / "cells" / r["cell"]
             if r["kind"] == "detector":
                 parts.append(_removal_table(r))
-                parts.append(_img(files / f"{d}_hist.png", f"{d}: scores, clean vs poisoned"))
-                parts.append(_img(files / f"{d}_roc.png", f"{d}: ROC per attack"))
-                parts.append(_img(files / f"{d}_trajectories.png", f"{d}: loss trajectories"))
+                parts.append(_img(files / f"{d}_hist.png", f"{label}: scores, clean vs poisoned"))
+                parts.append(_img(files / f"{d}_roc.png", f"{label}: ROC per attack"))
+                parts.append(_img(files / f"{d}_trajectories.png", f"{label}: loss trajectories"))
             elif r["kind"] == "purifier":
                 parts.append(
-                    _img(files / f"{d}_samples.png", f"{d}: test inputs and purified outputs")
+                    _img(files / f"{d}_samples.png", f"{label}: test inputs and purified outputs")
                 )
     parts.append("<h2>Cells</h2>")
     cell_rows = [
         {
             "cell": r["cell"],
-            "defense": r["defense"],
+            "defense": column_label(r),
             "CA %": f"{100 * r['evaluation']['ca']:.2f}",
             "seconds": f"{r.get('seconds', 0):.0f}",
             "victim cached": str((r.get("victim") or {}).get("cached")),

@@ -87,12 +87,28 @@ def _stats(values: list[float]) -> dict[str, Any]:
     return {"mean": mean, "std": math.sqrt(var), "n": len(vals)}
 
 
-def _row_label(item: str, name: str | None, n_attacks: int) -> str:
+def _settings(pairs: Any) -> str:
+    """``" (k=v, ...)"`` for a cell's override pairs (tuples, or lists after JSON)."""
+    return " (" + ", ".join(f"{k}={v}" for k, v in pairs) + ")" if pairs else ""
+
+
+def column_label(r: dict[str, Any]) -> str:
+    """A cell's column: its defense, tagged with a defense preset other than the cell's
+    preset and with its settings, so that variants of one defense get columns of their own
+    (``"ultraclean (known_target=0)"``) instead of being averaged together."""
+    if r["defense"] == "none":
+        return NONE_LABEL
+    dp = r.get("defense_preset")
+    tag = f" [{dp}]" if dp and dp != r.get("preset") else ""
+    return f"{r['defense']}{tag}{_settings(r.get('defense_overrides'))}"
+
+
+def _row_label(item: str, name: str | None, n_attacks: int, overrides: Any = ()) -> str:
     """A single attack's row is its spec as written; each attack of a multi-attack set
-    gets ``"<set>: <attack>"``."""
+    gets ``"<set>: <attack>"``; training overrides of the cell's group are appended."""
     if name is None:
-        return "(no attack)"
-    return item if n_attacks == 1 else f"{item}: {name}"
+        return "(no attack)" + _settings(overrides)
+    return (item if n_attacks == 1 else f"{item}: {name}") + _settings(overrides)
 
 
 def bench_tables(results: list[dict[str, Any]], defenses: list[str]) -> dict[str, Any]:
@@ -107,10 +123,10 @@ def bench_tables(results: list[dict[str, Any]], defenses: list[str]) -> dict[str
         names = r.get("attack_names") or []
         ev = r["evaluation"]
         det = (r.get("detection") or {}).get("per_attack", {})
-        col = NONE_LABEL if r["defense"] == "none" else r["defense"]
+        col = column_label(r)
         cols.setdefault(ds, [])
         for target in [*(names or [None])]:
-            label = _row_label(r["attack"], target, len(names))
+            label = _row_label(r["attack"], target, len(names), r.get("overrides"))
             order.setdefault(ds, [])
             if label not in order[ds]:
                 order[ds].append(label)

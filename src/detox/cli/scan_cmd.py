@@ -124,7 +124,8 @@ def run(args: argparse.Namespace) -> int:
             model, model_info = train_classifier(
                 pset.x, pset.y, pset.classes, tcfg, device, dataset, ecfg.cache_victims
             )
-    ctx = DetectorContext(
+    ctx = DetectorContext.for_set(
+        pset,
         model=model,
         probes=probes,
         train_config=tcfg,

@@ -32,6 +32,9 @@ class DetectorContext:
     ``train_config``: the :class:`~detox.training.TrainConfig` of the final training run.
     ``artifacts``: a dict the detector may fill with extra outputs (e.g. trajectories) for
     plots and reports.
+    ``labels``: the training labels (for cuts within a class).
+    ``n_poisons``: the number of poisoned examples where it is known (an experiment's ground
+    truth; the budget of UltraClean's "target class known" cut), else None.
     """
 
     model: nn.Module | None = None
@@ -41,6 +44,15 @@ class DetectorContext:
     seed: int = 0
     progress: bool = True
     artifacts: dict[str, Any] = dataclasses.field(default_factory=dict)
+    labels: np.ndarray | None = None
+    n_poisons: int | None = None
+
+    @classmethod
+    def for_set(cls, data: Any, **kwargs: Any) -> DetectorContext:
+        """A context for ``data`` (a :class:`~detox.data.poisoned.PoisonedSet`): its labels
+        and, when it records attacks (its ground truth), its number of poisons."""
+        n = int(data.is_poisoned.sum()) if data.attacks else None
+        return cls(labels=data.y.numpy(), n_poisons=n, **kwargs)
 
 
 class Detector(ABC):

@@ -24,7 +24,8 @@ on the **poisoned** training set (eval mode, float32, its own normalisation):
    dirty-label script; the paper sweeps 0.05 .. 0.30], then the caller retrains from
    scratch on the rest. Variant "poisoned class known" [code, clean-label scripts]: only
    the target class is cut, ``known_target_factor`` = 1.5 x (number of poisons) examples
-   (1.35 for HTBD): :meth:`UltraClean.cut_known_target`, :func:`known_target_budget`.
+   (1.35 for HTBD): set ``known_target`` (and ``known_poisons``, else the set's ground
+   truth); :meth:`UltraClean.cut_known_target`, :func:`known_target_budget`.
    (The authors score only the target class there; scores do not depend on the other
    examples, so scoring the whole set and cutting within the class is the same.)
 
@@ -114,6 +115,8 @@ class UltraCleanConfig:
     score_space: str = "logits"  # logits [code, PyTorch] | softmax [code, TF/LCBD, HTBD]
     remove_fraction: float = 0.3  # removed fraction of the whole set [code, dirty-label]
     known_target_factor: float = 1.5  # budget = factor x poisons; ratio [code; HTBD 1.35]
+    known_target: int | None = None  # class known to be the target: cut only there [code]
+    known_poisons: int | None = None  # poisons for that budget; None = the set's ground truth
     batch_size: int = 256  # images per forward pass (and per pipeline block) [impl]
     nlm_chunk: int = 64  # images per NLM job (one OpenCV call on a mosaic) [impl]
     workers: int | None = None  # NLM threads; None = all available CPU cores [impl]
@@ -147,6 +150,10 @@ class UltraCleanConfig:
             raise ConfigError(f"remove_fraction={self.remove_fraction}: expected in [0, 1]")
         if self.known_target_factor <= 0:
             raise ConfigError(f"known_target_factor={self.known_target_factor}: expected > 0")
+        for k in ("known_target", "known_poisons"):
+            v = getattr(self, k)
+            if v is not None and v < 0:
+                raise ConfigError(f"{k}={v}: expected a non-negative integer or None")
         if self.batch_size < 1 or self.nlm_chunk < 1:
             raise ConfigError("batch_size and nlm_chunk must be >= 1")
         if self.workers is not None and self.workers < 1:
@@ -507,3 +514,19 @@ class UltraClean(Detector):
         """The "poisoned class known" cut: remove the :meth:`known_target_budget`
         highest-scoring examples of class ``target`` only (a mask over the whole set)."""
         return cut_in_class(scores, labels, target, self.known_target_budget(n_poisons))
+
+    def cut(self, scores: np.ndarray, ctx: DetectorContext) -> np.ndarray:
+        """``remove_fraction`` of the whole set, or with ``known_target`` set, the
+        "target class known" cut (budget from ``known_poisons`` or the set's ground truth)."""
+        cfg = self.config
+        if cfg.known_target is None:
+            return super().cut(scores, ctx)
+        n = cfg.known_poisons if cfg.known_poisons is not None else ctx.n_poisons
+        if n is None:
+            raise ConfigError(
+                "UltraClean known_target needs the number of poisons for its budget: set "
+                "known_poisons=N (the data records no ground truth)"
+            )
+        if ctx.labels is None:
+            raise ConfigError("UltraClean known_target needs the training labels (ctx.labels)")
+        return self.cut_known_target(scores, ctx.labels, cfg.known_target, n)
