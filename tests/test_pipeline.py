@@ -53,6 +53,8 @@ def test_run_with_detectors_reports_detection_and_retrained_metrics(tmp_path):
     assert bl["n_kept"] == 300
     det = summary["detection"]["ultraclean"]["per_attack"]["badnets"]
     assert {"auroc", "tpr", "fpr"} <= set(det)
+    parts = summary["detection"]["ultraclean"]["part_auroc"]["badnets"]  # each denoiser alone
+    assert set(parts) == {"median", "nlm"} and all(0 <= v <= 1 for v in parts.values())
     table = (out / "results.md").read_text()
     assert "ultraclean ASR" in table and "badloss AUROC" in table
     assert (out / "badloss_trajectories.png").is_file() or any(out.glob("badloss*traj*.png"))

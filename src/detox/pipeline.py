@@ -231,10 +231,19 @@ def select_clean_probes(pset: PoisonedSet, n: int, seed: int, class_balanced: bo
 
 
 def detection_report(
-    scores: np.ndarray, removed: np.ndarray, pset: PoisonedSet, protected: np.ndarray | None = None
+    scores: np.ndarray,
+    removed: np.ndarray,
+    pset: PoisonedSet,
+    protected: np.ndarray | None = None,
+    parts: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Detection metrics overall and per attack (each attack's poisons vs all clean
-    examples), and the removal rate of every class (true labels)."""
+    examples), and the removal rate of every class (true labels).
+
+    ``parts`` (name -> per-example values, e.g. UltraClean's two denoiser distances, which
+    sum to its score) adds ``part_auroc``: the AUROC of each part alone, per attack."""
+    from sklearn.metrics import roc_auc_score
+
     from detox.metrics import detection_metrics, per_class_removal
 
     aid = pset.attack_id.numpy()
@@ -248,6 +257,16 @@ def detection_report(
         out["per_attack"][a["name"]] = detection_metrics(scores[sel], aid[sel] == i, removed[sel])
     out["per_class_removal"] = per_class_removal(removed, pset.y_true, pset.num_classes)
     out["per_class_count"] = np.bincount(pset.y_true.numpy(), minlength=pset.num_classes).tolist()
+    if parts:
+        out["part_auroc"] = {}
+        for i, a in enumerate(pset.attacks):
+            sel = consider & ((aid == i) | (aid < 0))
+            pos = aid[sel] == i
+            if 0 < pos.sum() < sel.sum():
+                out["part_auroc"][a["name"]] = {
+                    k: float(roc_auc_score(pos, np.asarray(v, dtype=np.float64)[sel]))
+                    for k, v in parts.items()
+                }
     return out
 
 
@@ -294,7 +313,7 @@ def cleanse_and_retrain(
     if probes is not None:
         protected = np.zeros(len(pset), bool)
         protected[np.asarray(probes, dtype=np.int64)] = True
-    report = detection_report(scores, removed, pset, protected)
+    report = detection_report(scores, removed, pset, protected, ctx.artifacts.get("score_parts"))
     kept = pset.subset(torch.from_numpy(~removed))
     dataset = pset.source.get("dataset") or pset.source.get("name")
     model, info = train_classifier(

@@ -148,7 +148,9 @@ def run(args: argparse.Namespace) -> int:
         "model": model_info,
     }
     if has_truth:
-        summary["detection"] = detection_report(scores, removed, pset, protected)
+        summary["detection"] = detection_report(
+            scores, removed, pset, protected, ctx.artifacts.get("score_parts")
+        )
         detector_figures(run_dir.path, args.defense, pset, {"scores": scores, "removed": removed})
         plot = getattr(det, "plot_artifacts", None)
         if plot is not None:

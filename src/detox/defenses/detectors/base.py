@@ -31,7 +31,8 @@ class DetectorContext:
     ``probes``: indices of trusted clean examples within the data (BaDLoss's probes).
     ``train_config``: the :class:`~detox.training.TrainConfig` of the final training run.
     ``artifacts``: a dict the detector may fill with extra outputs (e.g. trajectories) for
-    plots and reports.
+    plots and reports; ``artifacts["score_parts"]`` (name -> per-example values that make
+    up the score) gets each part's AUROC into the detection report.
     ``labels``: the training labels (for cuts within a class).
     ``n_poisons``: the number of poisoned examples where it is known (an experiment's ground
     truth; the budget of UltraClean's "target class known" cut), else None.

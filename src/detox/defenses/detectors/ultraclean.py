@@ -503,6 +503,7 @@ class UltraClean(Detector):
             "seconds": secs,
             "images_per_second": n / max(secs, 1e-9),
         }
+        ctx.artifacts["score_parts"] = {"median": d_med.numpy(), "nlm": d_nlm.numpy()}
         return scores
 
     # -- cuts ---------------------------------------------------------------------------
