@@ -36,6 +36,11 @@ def load_cells(out: Path) -> list[dict[str, Any]]:
 def rows(results: list[dict[str, Any]], dataset: str | None, parts: bool) -> list[str]:
     victims = {r["group"]: r for r in results if r["defense"] == "none"}
     out = []
+    # single attacks first, then multi-attack sets; the plain defense before its variants
+    results = sorted(
+        results,
+        key=lambda r: (len(r.get("attack_names") or []) > 1, r["attack"], r["defense"] != "none"),
+    )
     for r in results:
         if r.get("kind") != "detector" or (dataset and r["dataset"] != dataset):
             continue
