@@ -169,6 +169,12 @@ def test_defense_variants_get_their_own_columns():
     assert t["columns"] == ["ultraclean", "ultraclean (known_target=0)", "ultraclean [paper]"]
     assert t["cells"]["badnets"]["ultraclean (known_target=0)"]["ca"]["mean"] == pytest.approx(86)
     assert t["cells"]["badnets"]["ultraclean"]["ca"]["n"] == 1
+    # training overrides: those every cell shares name no row; the others do
+    for r in (plain, known, other):
+        r["overrides"] = [["epochs", 6]]
+    other["overrides"] = [["epochs", 6], ["lr", 0.1]]
+    t = bench_tables([plain, known, other], ["ultraclean"])["cifar10"]
+    assert t["rows"] == ["badnets", "badnets (lr=0.1)"]
 
 
 # ---------------------------------------------------------------------------------------

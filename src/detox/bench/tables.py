@@ -105,7 +105,8 @@ def column_label(r: dict[str, Any]) -> str:
 
 def _row_label(item: str, name: str | None, n_attacks: int, overrides: Any = ()) -> str:
     """A single attack's row is its spec as written; each attack of a multi-attack set
-    gets ``"<set>: <attack>"``; training overrides of the cell's group are appended."""
+    gets ``"<set>: <attack>"``; training overrides that set the cell's group apart from
+    the other cells of its dataset are appended."""
     if name is None:
         return "(no attack)" + _settings(overrides)
     return (item if n_attacks == 1 else f"{item}: {name}") + _settings(overrides)
@@ -118,15 +119,19 @@ def bench_tables(results: list[dict[str, Any]], defenses: list[str]) -> dict[str
     raw: dict[str, dict[str, dict[str, dict[str, list[float]]]]] = {}
     order: dict[str, list[str]] = {}
     cols: dict[str, list[str]] = {}
+    # training overrides that every cell of a dataset shares (a bench's [set]) name no row
+    items = [(r["dataset"], {(k, repr(v)) for k, v in r.get("overrides") or ()}) for r in results]
+    shared = {ds: set.intersection(*[o for d, o in items if d == ds]) for ds, _ in items}
     for r in results:
         ds = r["dataset"]
+        own = [(k, v) for k, v in r.get("overrides") or () if (k, repr(v)) not in shared[ds]]
         names = r.get("attack_names") or []
         ev = r["evaluation"]
         det = (r.get("detection") or {}).get("per_attack", {})
         col = column_label(r)
         cols.setdefault(ds, [])
         for target in [*(names or [None])]:
-            label = _row_label(r["attack"], target, len(names), r.get("overrides"))
+            label = _row_label(r["attack"], target, len(names), own)
             order.setdefault(ds, [])
             if label not in order[ds]:
                 order[ds].append(label)
