@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             overall = r["detection"]["overall"]
             print(
                 f"\n{r['dataset']} {r['attack']} {column_label(r)}: removal in the "
-                f"{len(small)} smallest classes (overall {100 * overall['removed'] / overall['n']:.1f}%)"
+                f"{len(small)} smallest classes (overall {100 * overall['removed'] / overall['n']:.1f}%)\n"
             )
             print("| class | examples | removed % |\n|---|---|---|")
             for s in small:
