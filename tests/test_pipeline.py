@@ -89,3 +89,20 @@ def artefact_dir(tmp_path):
     assert main(["poison", "--dataset", "cifar10", "--attack", "badnets", "--preset", "smoke",
                  "--out", str(out)]) == 0  # fmt: skip
     return out
+
+
+def test_detection_report_part_auroc(cifar_small):
+    """Each part of a score is ranked alone: the score itself as a part gives the score's
+    AUROC, its negation one minus it."""
+    from detox.attacks.poison import poison
+    from detox.pipeline import detection_report
+
+    pset = poison(cifar_small, "badnets", seed=0)
+    scores = np.random.default_rng(0).random(len(pset)) + pset.is_poisoned.numpy() * 0.3
+    removed = scores > np.quantile(scores, 0.7)
+    rep = detection_report(scores, removed, pset, parts={"all": scores, "neg": -scores})
+    auroc = rep["per_attack"]["badnets"]["auroc"]
+    assert 0.6 < auroc < 1.0
+    assert rep["part_auroc"]["badnets"]["all"] == pytest.approx(auroc, abs=1e-12)
+    assert rep["part_auroc"]["badnets"]["neg"] == pytest.approx(1 - auroc, abs=1e-12)
+    assert "part_auroc" not in detection_report(scores, removed, pset)

@@ -242,8 +242,6 @@ def detection_report(
 
     ``parts`` (name -> per-example values, e.g. UltraClean's two denoiser distances, which
     sum to its score) adds ``part_auroc``: the AUROC of each part alone, per attack."""
-    from sklearn.metrics import roc_auc_score
-
     from detox.metrics import detection_metrics, per_class_removal
 
     aid = pset.attack_id.numpy()
@@ -252,21 +250,18 @@ def detection_report(
         "overall": detection_metrics(scores[consider], aid[consider] >= 0, removed[consider])
     }
     out["per_attack"] = {}
+    if parts:
+        out["part_auroc"] = {}
     for i, a in enumerate(pset.attacks):
         sel = consider & ((aid == i) | (aid < 0))
         out["per_attack"][a["name"]] = detection_metrics(scores[sel], aid[sel] == i, removed[sel])
+        if parts:
+            out["part_auroc"][a["name"]] = {
+                k: detection_metrics(np.asarray(v, dtype=np.float64)[sel], aid[sel] == i)["auroc"]
+                for k, v in parts.items()
+            }
     out["per_class_removal"] = per_class_removal(removed, pset.y_true, pset.num_classes)
     out["per_class_count"] = np.bincount(pset.y_true.numpy(), minlength=pset.num_classes).tolist()
-    if parts:
-        out["part_auroc"] = {}
-        for i, a in enumerate(pset.attacks):
-            sel = consider & ((aid == i) | (aid < 0))
-            pos = aid[sel] == i
-            if 0 < pos.sum() < sel.sum():
-                out["part_auroc"][a["name"]] = {
-                    k: float(roc_auc_score(pos, np.asarray(v, dtype=np.float64)[sel]))
-                    for k, v in parts.items()
-                }
     return out
 
 
