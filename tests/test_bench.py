@@ -97,6 +97,11 @@ def test_yaml_and_json_configs(tmp_path):
             "[defense_set.ultraclean]\nremove_fraction = 2.0",
             "remove_fraction",
         ),
+        (
+            'datasets = ["cifar10"]\nattacks = ["badnets"]\ndefenses = ["badloss", "sampdetox"]'
+            '\ndefense_preset = "code"',
+            "defense 'badloss': preset 'code'",
+        ),
         ('datasets = ["cifar10"\n', "cannot parse"),
     ],
 )
@@ -395,6 +400,13 @@ def test_demo_without_diffusion_leaves_sampdetox_out():
     assert {"ultraclean", "badloss"} <= set(cfg.defenses())
     with_model = demo_config("some/folder")
     assert "sampdetox" in with_model.defenses()
+    shipped = demo_config(None, packaged=True)  # the shipped model: no setting needed
+    assert "sampdetox" in shipped.defenses()
+    assert all(
+        "diffusion" not in dict(c.defense_overrides)
+        for c in shipped.cells()
+        if c.defense == "sampdetox"
+    )
 
 
 def test_only_and_threads_are_checked(tmp_path):
@@ -420,3 +432,18 @@ def test_smallest_class_removal():
     assert [r["class"] for r in rows] == [3, 1, 4]
     assert rows[0] == {"class": 3, "examples": 1, "removed %": 40.0}
     assert smallest_class_removal({}) == []
+
+
+def test_no_defense_cell_is_shared_across_defense_presets(tmp_path):
+    """Grids that differ only in the defenses' preset share one undefended cell."""
+    text = (
+        'datasets = ["cifar10"]\nattacks = ["badnets"]\n'
+        '[[grid]]\ndefenses = ["sampdetox"]\ndefense_preset = "code"\n'
+        '[[grid]]\ndefenses = ["sampdetox"]\ndefense_preset = "paper"\n'
+    )
+    cells = load_bench_config(write(tmp_path, text)).cells()
+    assert [c.defense for c in cells].count("none") == 1
+    assert sorted(c.defense_preset for c in cells if c.defense == "sampdetox") == [
+        "code",
+        "paper",
+    ]

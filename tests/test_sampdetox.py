@@ -177,3 +177,26 @@ def test_model_checks(tiny_cosine, tiny_linear, images):
     build_purifier("sampdetox", "paper", model=short, T2=60)
     with pytest.raises(ConfigError, match="channels"):
         build_purifier("sampdetox", "paper", model=tiny_cosine, T2=4).purify(torch.rand(1, 1, 8, 8))
+
+
+def test_purified_cache(tiny_cosine, tiny_linear, images, tmp_path, monkeypatch):
+    """purify_all(cache=True): the second call reads the cache; the key follows the seed,
+    the settings and the weights, not the batch size or where the weights came from."""
+    monkeypatch.setenv("DETOX_CACHE", str(tmp_path))
+    xu = (images * 255).round().to(torch.uint8)
+    p = build_purifier("sampdetox", "paper", model=tiny_cosine, t1=6, T2=12, stride=2)
+    kw = {"device": "cpu", "progress": False, "seed": 3}
+    a = purify_all(p, xu, cache=True, **kw)
+    assert p.cached_images == 0 and len(list((tmp_path / "purified").iterdir())) == 1
+    b = purify_all(p, xu, cache=True, batch_size=1, **kw)
+    assert p.cached_images == len(xu) and torch.equal(a, b)
+    assert torch.equal(a, purify_all(p, xu, **kw))  # same as uncached
+    # another seed, another setting, other weights: new entries
+    purify_all(p, xu, cache=True, device="cpu", progress=False, seed=4)
+    q = build_purifier("sampdetox", "paper", model=tiny_cosine, t1=6, T2=12, stride=3)
+    purify_all(q, xu, cache=True, **kw)
+    with pytest.warns(UserWarning, match="schedule"):
+        r = build_purifier("sampdetox", "paper", model=tiny_linear, t1=6, T2=12, stride=2)
+    purify_all(r, xu, cache=True, **kw)
+    assert q.cached_images == 0 and r.cached_images == 0
+    assert len(list((tmp_path / "purified").iterdir())) == 4

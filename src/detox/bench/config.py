@@ -134,7 +134,10 @@ class BenchConfig:
                                 defense=defense,
                                 seed=int(seed),
                                 preset=g["preset"],
-                                defense_preset=g.get("defense_preset") or g["preset"],
+                                # the undefended victim has no defense settings
+                                defense_preset=g["preset"]
+                                if defense == NO_DEFENSE
+                                else g.get("defense_preset") or g["preset"],
                                 overrides=over,
                                 defense_overrides=_freeze(dsets.get(defense, {})),
                             )
@@ -273,11 +276,18 @@ def _validate_grid(g: dict[str, Any], label: str) -> dict[str, Any]:
     if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
         raise ConfigError(f"{label}: 'seeds' must be non-negative integers, got {seeds!r}")
     out["seeds"] = [int(s) for s in seeds]
-    for key in ("preset", "defense_preset"):
-        v = g.get(key, "quick" if key == "preset" else None)
-        if v is not None and v not in PRESET_NAMES:
-            raise ConfigError(f"{label}: {key} {v!r}; expected one of {', '.join(PRESET_NAMES)}")
-        out[key] = v
+    out["preset"] = g.get("preset", "quick")
+    if out["preset"] not in PRESET_NAMES:
+        raise ConfigError(
+            f"{label}: preset {out['preset']!r}; expected one of {', '.join(PRESET_NAMES)}"
+        )
+    # a defense preset may also be one of a defense's own (sampdetox: `code`)
+    out["defense_preset"] = dp = g.get("defense_preset")
+    if dp is not None:
+        if not isinstance(dp, str):
+            raise ConfigError(f"{label}: defense_preset must be a string, got {dp!r}")
+        for d in out["defenses"]:
+            _check_defense_settings(d, {}, dp, label)
     over = g.get("set", {})
     if not isinstance(over, dict):
         raise ConfigError(f"{label}: 'set' must be a table of settings")
@@ -313,7 +323,8 @@ def _check_defense_settings(name: str, settings: dict, preset: str, label: str) 
         else:
             build_purifier(name, preset, **_without_weights(settings))
     except ConfigError as e:
-        raise ConfigError(f"{label}: [defense_set.{name}]: {e}") from e
+        where = f"[defense_set.{name}]" if settings else f"defense {name!r}"
+        raise ConfigError(f"{label}: {where}: {e}") from e
 
 
 def _without_weights(settings: dict) -> dict:

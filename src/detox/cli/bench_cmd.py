@@ -134,9 +134,10 @@ def register_demo(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_demo)
 
 
-def demo_config(diffusion: str | None, smoke: bool = False):
+def demo_config(diffusion: str | None, smoke: bool = False, packaged: bool = False):
     """The packaged demo grid (``detox/bench/demo.toml``), with SampDetox pointed at
-    ``diffusion`` (or left out when there is none)."""
+    ``diffusion``; without it SampDetox uses the shipped model (``packaged``) or is left
+    out when there is none."""
     import copy
     import tomllib
     from importlib import resources
@@ -152,33 +153,27 @@ def demo_config(diffusion: str | None, smoke: bool = False):
     for g in data.get("grid", []):
         if "sampdetox" in g.get("defenses", []):
             if diffusion:
-                g.setdefault("defense_set", {})["sampdetox"] = {"diffusion": diffusion}
-            else:
+                g.setdefault("defense_set", {}).setdefault("sampdetox", {})["diffusion"] = diffusion
+            elif not packaged:
                 g["defenses"] = [d for d in g["defenses"] if d != "sampdetox"]
         if smoke and "badloss" in g.get("defense_set", {}):
             g["defense_set"]["badloss"]["pretrain_epochs"] = DEMO_SMOKE["epochs"]
     return parse_bench(data, "detox/bench/demo.toml" + (" (smoke)" if smoke else ""))
 
 
-def packaged_diffusion() -> str | None:
-    """The diffusion model shipped with detox for CIFAR-10, if this install has it."""
-    from importlib import resources
-
-    root = resources.files("detox").joinpath("weights", "ddpm-cifar10-32")
-    return str(root) if root.is_dir() else None
-
-
 def run_demo(args: argparse.Namespace) -> int:
     import sys
 
-    diffusion = args.diffusion or packaged_diffusion()
-    if diffusion is None:
+    from detox.diffusion import packaged_diffusion
+
+    packaged = packaged_diffusion("cifar10") is not None
+    if args.diffusion is None and not packaged:
         print(
             "detox demo: no diffusion model for SampDetox (pass --diffusion PATH, e.g. one "
             "written by `detox diffusion train`); running the demo without it",
             file=sys.stderr,
         )
-    cfg = demo_config(diffusion, smoke=args.smoke)
+    cfg = demo_config(args.diffusion, smoke=args.smoke, packaged=packaged)
     if args.print_config:
         for c in cfg.cells():
             print(c.id)

@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         test = load_dataset(args.input, "test", data_dir=args.data_dir)
         pset = PoisonedSet.from_clean(test, seed=args.seed, test=test)
+    pur.use_dataset_defaults(pset.source.get("dataset") or pset.source.get("name"))
     lim = slice(0, args.limit)
     run_dir = RunDir(args.out)
     run_dir.write_config(

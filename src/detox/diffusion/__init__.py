@@ -12,6 +12,7 @@ from detox.diffusion.backend import (
     make_scheduler,
     new_diffusion_model,
     normalize_schedule,
+    packaged_diffusion,
     save_diffusion,
 )
 from detox.diffusion.presets import DiffusionTrainConfig, make_train_config
@@ -27,6 +28,7 @@ __all__ = [
     "make_train_config",
     "new_diffusion_model",
     "normalize_schedule",
+    "packaged_diffusion",
     "save_diffusion",
     "train_diffusion",
 ]

@@ -481,3 +481,19 @@ def load_diffusion(
             f"diffusion model {str(source)!r}: no such folder (and not a hub id 'owner/name')"
         )
     return model.to(resolve_device(device))
+
+
+# -- weights shipped with detox --------------------------------------------------------
+PACKAGED = {"cifar10": "ddpm-cifar10-32", "gtsrb": "ddpm-gtsrb-32"}  # dataset -> folder
+
+
+def packaged_diffusion(dataset: str | None = "cifar10") -> str | None:
+    """The folder of the diffusion model shipped with detox for ``dataset`` (trained by
+    ``detox diffusion train``, see docs/results.md), or None when there is none."""
+    from importlib import resources
+
+    folder = PACKAGED.get(str(dataset or "").lower())
+    if folder is None:
+        return None
+    root = resources.files("detox").joinpath("weights", folder)
+    return str(root) if root.is_dir() and root.joinpath("model_index.json").is_file() else None

@@ -7,7 +7,7 @@ Presets (any value can be overridden again):
 * ``quick`` (alias ``cpu``): the CPU-sized UNet of CALIBRATION.md (channels (32, 64, 128),
   1 res-block, no attention, 2.5M parameters, ~100 train img/s on 2 cores), cosine
   schedule, timesteps sampled from [0, 120) only (see ``t_max``), 5,000 steps of 64
-  images (~1 hour on 2 cores). Expect a weak model: CALIBRATION.md shows that clean
+  images (~1 hour on 2 cores) at lr 2e-4 (DDPM's CIFAR-10 rate). Expect a weak model: CALIBRATION.md shows that clean
   accuracy after SampDetox is decided by the diffusion model's quality. Raise ``steps``
   (or set ``max_minutes``) and train in the background for better results.
 * ``paper``: the DDPM CIFAR-10 network (128 channels, multipliers (1, 2, 2, 2),
@@ -96,6 +96,7 @@ class DiffusionTrainConfig:
             "t_max": 120,
             "steps": 5_000,
             "batch_size": 64,
+            "lr": 2e-4,  # [ddpm] CIFAR-10 value: a short training needs the larger step
             "warmup_steps": 250,
             "ema_decay": 0.999,
             "log_every": 50,

@@ -269,12 +269,21 @@ class SampDetox(Purifier):
             if not self.config.diffusion:
                 raise ConfigError(
                     "sampdetox needs a diffusion model: set diffusion=PATH (a diffusers-format "
-                    "folder, e.g. one written by `detox diffusion train`) or pass model="
+                    "folder, e.g. one written by `detox diffusion train`) or pass model=; "
+                    "detox ships models for cifar10 and gtsrb only"
                 )
             from detox.diffusion.backend import load_diffusion
 
             self.set_model(load_diffusion(self.config.diffusion, device=self.device))
         return self._model
+
+    def use_dataset_defaults(self, dataset: str | None) -> SampDetox:
+        """Without ``diffusion`` set, use the model shipped for ``dataset`` (if any)."""
+        if self._model is None and not self.config.diffusion:
+            from detox.diffusion import packaged_diffusion
+
+            self.config.diffusion = packaged_diffusion(dataset)
+        return self
 
     def set_model(self, model: Any) -> SampDetox:
         """Use ``model`` (a :class:`~detox.diffusion.DiffusionModel`); checks it fits.
@@ -316,6 +325,16 @@ class SampDetox(Purifier):
         if self._model is not None:
             self._model.to(self.device)
         return self
+
+    def _fingerprint_extra(self) -> bytes:
+        import hashlib
+
+        m = self.model
+        h = hashlib.sha256(repr(sorted(m.scheduler.config.items())).encode())
+        for k, v in sorted(m.unet.state_dict().items()):
+            h.update(k.encode())
+            h.update(v.detach().float().cpu().contiguous().numpy().tobytes())
+        return h.digest()
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
