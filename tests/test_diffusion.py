@@ -138,3 +138,39 @@ def test_smoke_training_saves_loads_and_purifies(cifar_small, tmp_path):
     assert y.shape == x.shape and y.dtype == torch.uint8
     xf = p.purify(x.float() / 255)
     assert xf.shape == x.shape and float(xf.min()) >= 0.0 and float(xf.max()) <= 1.0
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "gtsrb"])
+def test_shipped_models_denoise_real_test_images(dataset):
+    """The diffusion models shipped in the package load without a download, carry their
+    training record, and denoise real test images: at noise level 60 (of the t < 120 they
+    were trained on) the one-step estimate of the clean image is much closer to it than
+    the noisy input is. SampDetox picks the shipped model up by the dataset's name."""
+    from pathlib import Path
+
+    from detox.data import load_dataset
+    from detox.diffusion import packaged_diffusion
+
+    path = packaged_diffusion(dataset)
+    assert path is not None, f"no diffusion model shipped for {dataset}"
+    model = load_diffusion(path)
+    meta = json.loads((Path(path) / "detox_diffusion.json").read_text())
+    assert meta["trained"] and meta["steps"] >= 1000 and model.t_max == 120
+    test = load_dataset(dataset, "test")
+    x0 = test.x[:64].float() / 127.5 - 1.0
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(x0.shape, generator=g)
+    t = 60
+    ab = float(model.alphas_cumprod[t])
+    xt = ab**0.5 * x0 + (1 - ab) ** 0.5 * noise
+    with torch.no_grad():
+        eps = model.unet(xt, torch.full((len(x0),), t)).sample
+    x0_hat = (xt - (1 - ab) ** 0.5 * eps) / ab**0.5
+    err_noisy = float((xt / ab**0.5 - x0).pow(2).mean())
+    err_model = float((x0_hat - x0).pow(2).mean())
+    assert err_model < 0.5 * err_noisy, (err_model, err_noisy)
+
+    p = build_purifier("sampdetox", "smoke").use_dataset_defaults(dataset)
+    assert p.config.diffusion == path
+    y = purify_all(p, test.x[:4], device="cpu", progress=False, seed=0)
+    assert torch.equal(y, purify_all(p, test.x[:4], device="cpu", progress=False, seed=0))

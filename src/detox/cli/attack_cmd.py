@@ -61,6 +61,12 @@ def register_show(sub: argparse._SubParsersAction) -> None:
         help="also draw the SampDetox figure (poisoned, stage 1, trigger map, purified) "
         "with this diffusion model (folder or hub id)",
     )
+    p.add_argument(
+        "--sampdetox",
+        action="store_true",
+        help="draw the SampDetox figure with the diffusion model detox ships for the "
+        "artefact's dataset (cifar10, gtsrb)",
+    )
     p.add_argument("--defense-preset", default="paper", help="SampDetox preset for the figure")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run_show)
@@ -107,12 +113,14 @@ def run_show(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.artefact) / "samples.png"
     attack_grid(pset, out, n=args.n)
     print(f"wrote {out}")
-    if args.diffusion:
+    if args.diffusion or args.sampdetox:
         from detox.data import to_float
         from detox.defenses.purifiers import build_purifier
         from detox.plots.purification import sampdetox_figure
 
-        pur = build_purifier("sampdetox", args.defense_preset, diffusion=args.diffusion)
+        over = {"diffusion": args.diffusion} if args.diffusion else {}
+        pur = build_purifier("sampdetox", args.defense_preset, **over)
+        pur.use_dataset_defaults(pset.source.get("dataset") or pset.source.get("name"))
         rows = {}
         for name, t in pset.triggered.items():
             r = pur.purify(to_float(t.x[:1]), seed=args.seed, return_intermediates=True)

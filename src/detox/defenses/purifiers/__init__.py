@@ -2,7 +2,8 @@
 
 ``PURIFIERS`` maps names to purifier classes; ``build_purifier(name, preset, **overrides)``
 makes one with its typed config; :func:`purify_all` purifies a uint8 image set in batches
-with a progress bar. Registered: ``sampdetox``.
+with a progress bar. Registered: ``sampdetox`` (diffusion, the method) and the training-free
+baselines ``shrinkpad`` and ``median``.
 """
 
 from detox.defenses.purifiers.base import (
@@ -12,20 +13,24 @@ from detox.defenses.purifiers.base import (
     build_purifier,
     purify_all,
 )
+from detox.defenses.purifiers.median import Median  # registers "median"
 from detox.defenses.purifiers.sampdetox import (  # registers "sampdetox"
     SampDetox,
     SampDetoxConfig,
     SampDetoxOutput,
     ssim_map,
 )
+from detox.defenses.purifiers.shrinkpad import ShrinkPad  # registers "shrinkpad"
 
 __all__ = [
     "PURIFIERS",
+    "Median",
     "NoiseStreams",
     "Purifier",
     "SampDetox",
     "SampDetoxConfig",
     "SampDetoxOutput",
+    "ShrinkPad",
     "build_purifier",
     "purify_all",
     "ssim_map",
