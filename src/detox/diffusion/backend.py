@@ -367,7 +367,8 @@ def _load_local(root: Path) -> DiffusionModel:
             "(looked for unet/config.json and config.json)"
         )
     try:
-        unet = UNet2DModel.from_pretrained(unet_dir)
+        # low_cpu_mem_usage=False: small models; no `accelerate` needed (nor its warning)
+        unet = UNet2DModel.from_pretrained(unet_dir, low_cpu_mem_usage=False)
     except (OSError, ValueError, RuntimeError, KeyError) as e:
         raise ConfigError(f"diffusion model {str(root)!r}: cannot load the UNet: {e}") from e
     sched_cfg = next(
@@ -435,7 +436,9 @@ def _load_hub(repo_id: str, local_files_only: bool | None) -> DiffusionModel:
     unet = None
     for sub in ("unet", None):
         try:
-            unet = UNet2DModel.from_pretrained(repo_id, subfolder=sub, **kw)
+            unet = UNet2DModel.from_pretrained(
+                repo_id, subfolder=sub, low_cpu_mem_usage=False, **kw
+            )
             break
         except Exception as e:  # hub/network errors come in many types
             errors.append(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
