@@ -156,6 +156,7 @@ def demo_config(diffusion: str | None, smoke: bool = False, packaged: bool = Fal
                 g.setdefault("defense_set", {}).setdefault("sampdetox", {})["diffusion"] = diffusion
             elif not packaged:
                 g["defenses"] = [d for d in g["defenses"] if d != "sampdetox"]
+                g.get("defense_set", {}).pop("sampdetox", None)
         if smoke and "badloss" in g.get("defense_set", {}):
             g["defense_set"]["badloss"]["pretrain_epochs"] = DEMO_SMOKE["epochs"]
     return parse_bench(data, "detox/bench/demo.toml" + (" (smoke)" if smoke else ""))
