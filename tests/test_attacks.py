@@ -118,8 +118,55 @@ def test_badnets_changes_only_the_corner():
     xp, _ = make_attack("badnets").apply(x)
     changed = (xp != x).any(dim=(0, 1))
     assert not changed[:-3, :].any() and not changed[:, :-3].any()
-    board = torch.tensor([[1.0, 0, 1], [0, 1, 0], [1, 0, 1]])
-    assert torch.equal(xp[:, :, -3:, -3:], board.expand(4, 3, 3, 3))
+    # UltraClean's badNets_generation.py, pixel by pixel (row, col) -> value on every
+    # channel; SampDetox's released poisoned images carry the same 0/255 block
+    ultraclean = {
+        (31, 30): 1, (30, 31): 1, (30, 29): 1, (29, 30): 1,
+        (29, 31): 0, (31, 31): 0, (31, 29): 0, (30, 30): 0, (29, 29): 0,
+    }  # fmt: skip
+    for (r, c), v in ultraclean.items():
+        assert torch.all(xp[:, :, r, c] == v), (r, c)
+
+
+def test_badnets_backdoorbench_preset_is_a_white_square():
+    x = _batch(b=2)
+    xp, _ = make_attack("badnets", preset="backdoorbench").apply(x)
+    assert torch.all(xp[:, :, -3:, -3:] == 1)
+    assert torch.equal(xp[:, :, :-3], x[:, :, :-3]) and torch.equal(xp[..., :-3], x[..., :-3])
+    with pytest.raises(ConfigError, match="presets: backdoorbench, sampdetox, ultraclean"):
+        make_attack("badnets", preset="nope")
+
+
+def test_poison_writes_the_grid_on_real_cifar(cifar_small):
+    ps = poison(cifar_small, "badnets", seed=0)
+    idx = (ps.attack_id == 0).nonzero().flatten()
+    block = ps.x[idx][:, :, -3:, -3:]
+    want = torch.tensor([[0, 255, 0], [255, 0, 255], [0, 255, 0]], dtype=torch.uint8)
+    assert torch.equal(block, want.expand_as(block))
+
+
+def test_sig_backdoorbench_and_ultraclean_presets(cifar_small):
+    # BackdoorBench: delta 40, f 6 (utils/bd_img_transform/sig.py, the formula by hand)
+    x = torch.full((1, 3, 32, 32), 0.5)
+    xp, _ = make_attack("sig").apply(x)
+    j = torch.arange(32, dtype=torch.float64)
+    want = (0.5 + 40 / 255 * torch.sin(2 * torch.pi * j * 6 / 32)).float()
+    assert torch.allclose(xp[0, 1, 7], want, atol=1e-6)
+    # BackdoorBench's count: 10% of the whole training set (600 -> 60), from the target
+    # class (all 60 of class 0 here); UltraClean: 30% of the target class (60 -> 18)
+    ps = poison(cifar_small, "sig", seed=0)
+    assert ps.attacks[0]["n_poisoned"] == 60 and ps.attacks[0]["ratio_of"] == "train"
+    assert bool((ps.y_true[ps.attack_id == 0] == 0).all())
+    ps = poison(cifar_small, "sig:preset=ultraclean", seed=0)
+    rec = ps.attacks[0]
+    assert (rec["n_poisoned"], rec["ratio_of"], rec["params"]["delta"]) == (
+        18,
+        "target_class",
+        20.0,
+    )
+    assert rec["preset"] == "ultraclean"
+    with pytest.raises(ConfigError, match="needs 120 examples"):
+        poison(cifar_small, "sig:ratio=0.2")  # 120 > the 60 images of class 0
 
 
 def test_single_pixel_sets_exactly_one_pixel():
@@ -188,14 +235,15 @@ def test_frequency_equals_the_dct_pipeline_and_adds_the_magnitude():
 
 
 def test_sig_is_clean_label_with_delta():
-    a = make_attack("sig")
+    a = make_attack("sig", preset="ultraclean")
     assert a.label_mode == "clean"
     x = torch.full((1, 3, 32, 32), 0.5)
     xp, _ = a.apply(x)
+    # sin(2 pi j 6 / 32) peaks at 0.9952 (j = 1): max |delta| = 20/255 x 0.9952
     assert abs(float((xp - x).abs().max()) - 20 / 255) < 2e-3
-    xp40 = make_attack("sig", delta=40).apply(x)[0]
+    xp40 = make_attack("sig").apply(x)[0]
     assert abs(float((xp40 - x).abs().max()) - 40 / 255) < 3e-3
-    test_trig = make_attack("sig", delta_test=40).apply(x, train=False)[0]
+    test_trig = make_attack("sig", preset="ultraclean", delta_test=40).apply(x, train=False)[0]
     assert torch.allclose(test_trig, xp40)
 
 
@@ -393,13 +441,14 @@ def _check_pset(ps: PoisonedSet, train: ImageDataset):
 def test_poison_disjoint_counts_and_labels(cifar_small, cifar_test_small):
     ps = poison(
         cifar_small,
-        "badnets,blended:ratio=0.05,sig,wanet:ratio=0.02,bpp:ratio=0.02,refool:target=3",
+        "badnets,blended:ratio=0.05,sig:ratio_of=target_class,wanet:ratio=0.02,bpp:ratio=0.02,refool:target=3",
         seed=0,
         test=cifar_test_small,
     )
     counts = {r["name"]: r["n_poisoned"] for r in ps.attacks}
     # 600 images, 60 per class: dirty ratios of 600, clean ratios of the 60 target images
     assert counts == {"badnets": 60, "blended": 30, "sig": 6, "wanet": 12, "bpp": 12, "refool": 6}
+    # (sig reads 0.1 of its target class here: the spec says ratio_of=target_class)
     assert {r["name"]: r["n_extra"] for r in ps.attacks}["wanet"] == 24
     assert {r["name"]: r["n_extra"] for r in ps.attacks}["bpp"] == 60
     assert ps.summary()["n_poisoned"] == sum(counts.values())
@@ -408,7 +457,7 @@ def test_poison_disjoint_counts_and_labels(cifar_small, cifar_test_small):
     assert len(ps.triggered["badnets"]) == 270  # test images not of class 0
     again = poison(
         cifar_small,
-        "badnets,blended:ratio=0.05,sig,wanet:ratio=0.02,bpp:ratio=0.02,refool:target=3",
+        "badnets,blended:ratio=0.05,sig:ratio_of=target_class,wanet:ratio=0.02,bpp:ratio=0.02,refool:target=3",
         seed=0,
         test=cifar_test_small,
     )

@@ -1,10 +1,29 @@
 """BadNets (Gu et al., "BadNets: Identifying Vulnerabilities in the Machine Learning Model
 Supply Chain", 2017): a fixed patch stamped on the image, dirty label.
 
-Setting (METHODS.md section 4, BackdoorBench-style): a 3x3 black-and-white checkerboard in
-the bottom-right corner (white at the patch corners and centre), all channels, all-to-one
-target 0, ratio 10%. The patch is the same in pixels at every image size unless ``cell``
-(pixels per checkerboard square) is raised.
+Setting (METHODS.md section 4): all-to-one, target 0, ratio 10%, a 3x3 patch in the
+bottom-right corner, on every channel. Which 3x3 patch differs between the sources,
+checked pixel by pixel:
+
+* ``pattern="grid"`` (default, the ``sampdetox`` preset): a checkerboard whose four corners
+  and centre are **black (0)** and whose four edge-centres are **white (1)**::
+
+      0 1 0
+      1 0 1
+      0 1 0
+
+  This is the trigger in SampDetox's released poisoned CIFAR-10 images
+  (github.com/easywood0204/SampDetox, ``results/badnet/SampDetox/original/*.png``: the
+  last 3x3 block is exactly this, on R, G and B) and in UltraClean's
+  ``dirty-label attacks/badNets_generation.py`` (pixels (29,30), (30,29), (30,31), (31,30)
+  set to 1, the other five to 0).
+* ``pattern="square"`` (the ``backdoorbench`` preset): an all-white 3x3 square, the
+  default ``resource/badnet/trigger_image.png`` of BackdoorBench's current main branch.
+  (BackdoorBench's optional ``trigger_image_grid.png`` is the inverse of the grid above,
+  corners and centre 255 and edges 1; detox does not offer it.)
+
+The patch is the same in pixels at every image size unless ``cell`` (pixels per square) is
+raised.
 """
 
 from __future__ import annotations
@@ -16,16 +35,27 @@ import torch
 from detox.attacks.base import Attack, AttackConfig, hp, register
 from detox.errors import ConfigError
 
+PATTERNS = ("grid", "square")
+
 
 @dataclass
 class BadNetsConfig(AttackConfig):
-    size: int = hp(3, "squares per side", "[paper] 3x3 checkerboard (METHODS.md section 4)")
+    pattern: str = hp(
+        "grid",
+        "grid | square",
+        "[code] grid: SampDetox's images and UltraClean's script; square: BackdoorBench main",
+    )
+    size: int = hp(3, "squares per side", "[paper] 3x3 patch (METHODS.md section 4)")
     cell: int = hp(1, "pixels per square", "[open] 1 gives the 3x3-pixel patch of the papers")
     margin: int = hp(0, "pixels", "[open] gap between the patch and the bottom-right corner")
-    value: float = hp(1.0, "intensity in [0, 1]", "[paper] white squares (the others black)")
+    value: float = hp(1.0, "intensity in [0, 1]", "[code] white squares (the others black)")
 
     def validate(self) -> None:
         super().validate()
+        if self.pattern not in PATTERNS:
+            raise ConfigError(
+                f"badnets: pattern={self.pattern!r}: expected one of {', '.join(PATTERNS)}"
+            )
         if self.size < 1 or self.cell < 1 or self.margin < 0:
             raise ConfigError("badnets: size and cell must be >= 1 and margin >= 0")
         self._check_range("value", 0.0, 1.0)
@@ -37,15 +67,24 @@ class BadNets(Attack):
     aliases = ("badnet",)
     Config = BadNetsConfig
     config: BadNetsConfig
+    presets = {
+        "sampdetox": {"pattern": "grid"},
+        "ultraclean": {"pattern": "grid"},
+        "backdoorbench": {"pattern": "square"},
+    }
 
     def min_size(self, shape):
         return self.config.size * self.config.cell + self.config.margin
 
     def patch(self) -> torch.Tensor:
-        """The (S, S) checkerboard, S = size * cell."""
+        """The (S, S) patch, S = size * cell: ``value`` on white squares, 0 on black ones."""
         n, cell = self.config.size, self.config.cell
         i = torch.arange(n)
-        board = ((i[:, None] + i[None, :]) % 2 == 0).float() * self.config.value
+        if self.config.pattern == "square":
+            white = torch.ones(n, n, dtype=torch.bool)
+        else:  # grid: the corners (and, for odd sizes, the centre) are black
+            white = (i[:, None] + i[None, :]) % 2 == 1
+        board = white.float() * self.config.value
         return board.repeat_interleave(cell, 0).repeat_interleave(cell, 1)
 
     def stamp(self, shape):

@@ -53,6 +53,8 @@ CHUNK = 128
 CPU_THREADS = 1
 
 LABEL_MODES = ("dirty", "clean")
+#: What an attack's ``ratio`` is a fraction of (see :attr:`AttackConfig.ratio_of`).
+RATIO_OF = ("train", "target_class")
 
 
 def hp(default: Any, unit: str = "", source: str = "", help: str = "") -> Any:
@@ -72,11 +74,21 @@ class AttackConfig:
 
     ratio: float = hp(0.1, "fraction", "BackdoorBench default (METHODS.md section 4)")
     target: int = hp(0, "class index", "BackdoorBench default, all-to-one (METHODS.md section 4)")
+    ratio_of: str | None = hp(
+        None,
+        "train | target_class",
+        "[open] what ratio is a fraction of; None: the training set (dirty label), the "
+        "target class (clean label)",
+        "BackdoorBench reads a clean-label ratio as a fraction of the whole training set, "
+        "drawn from the target class",
+    )
 
     def validate(self) -> None:
         check_ratio(self.ratio)
         if int(self.target) != self.target or self.target < 0:
             raise ConfigError(f"target={self.target!r}: expected a class index >= 0")
+        if self.ratio_of not in (None, *RATIO_OF):
+            raise ConfigError(f"ratio_of={self.ratio_of!r}: expected one of {', '.join(RATIO_OF)}")
 
     def _check_range(self, name: str, lo: float, hi: float, lo_open: bool = False) -> None:
         v = getattr(self, name)
@@ -102,6 +114,9 @@ class Attack:
     Config: ClassVar[type[AttackConfig]] = AttackConfig
     #: "dirty": poisoned examples are relabelled; "clean": target-class images, labels kept.
     label_mode: str = "dirty"
+    #: Named settings of the attack (preset name -> config values), where the papers, the
+    #: authors' code and BackdoorBench differ. The config's defaults are always one of them.
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
     #: Kind of extra, correctly labelled, modified training examples ("noise" for WaNet,
     #: "negative" for BPP) or None. See :meth:`n_extra` and :meth:`_extra`.
     extra_kind: ClassVar[str | None] = None
@@ -113,12 +128,15 @@ class Attack:
         seed: int = 0,
         target_map: TargetMap | None = None,
         label_mode: str | None = None,
+        preset: str | None = None,
         **params: Any,
     ) -> None:
         from detox.config import make_config
 
         if config is None:
-            config = self.Config()
+            config = self.preset_config(preset)
+        elif preset is not None:
+            raise ConfigError(f"attack {self.name!r}: pass a config or a preset, not both")
         if not isinstance(config, self.Config):
             raise ConfigError(
                 f"attack {self.name!r}: config must be a {self.Config.__name__}, "
@@ -148,6 +166,24 @@ class Attack:
                 )
             self.label_mode = label_mode
         self._cache: dict[tuple, torch.Tensor] = {}
+
+    @classmethod
+    def preset_config(cls, preset: str | None = None) -> AttackConfig:
+        """The config of ``preset`` (None: the defaults); unknown names raise ConfigError
+        listing the attack's presets."""
+        if preset is None:
+            return cls.Config()
+        if preset not in cls.presets:
+            valid = ", ".join(sorted(cls.presets)) or "none"
+            raise ConfigError(f"attack {cls.name!r} has no preset {preset!r}; presets: {valid}")
+        return dataclasses.replace(cls.Config(), **cls.presets[preset])
+
+    def ratio_base(self) -> str:
+        """What ``ratio`` counts: ``"train"`` or ``"target_class"`` (from ``ratio_of``, else
+        the label mode)."""
+        if self.config.ratio_of is not None:
+            return self.config.ratio_of
+        return "target_class" if self.label_mode == "clean" else "train"
 
     # -- to implement: one of _trigger, stamp, affine ------------------------------------
     def _trigger(self, x: torch.Tensor, *, train: bool, generator: torch.Generator) -> torch.Tensor:
@@ -356,7 +392,7 @@ class Attack:
         cfg = dataclasses.asdict(self.config)
         out = {}
         for k in cfg:
-            if k.endswith("_large") or k in ("ratio", "target"):
+            if k.endswith("_large") or k in ("ratio", "target", "ratio_of"):
                 continue
             out[k] = self.param(k, shape)
         return out
@@ -385,10 +421,14 @@ def make_attack(
     seed: int = 0,
     target_map: TargetMap | None = None,
     label_mode: str | None = None,
+    preset: str | None = None,
     **params: Any,
 ) -> Attack:
-    """Build a registered attack by name (unknown names raise ConfigError listing them)."""
-    return ATTACKS.get(name)(seed=seed, target_map=target_map, label_mode=label_mode, **params)
+    """Build a registered attack by name (unknown names raise ConfigError listing them),
+    from its ``preset`` (None: the defaults) with ``params`` on top."""
+    return ATTACKS.get(name)(
+        seed=seed, target_map=target_map, label_mode=label_mode, preset=preset, **params
+    )
 
 
 def attack_params(name: str) -> list[dict[str, Any]]:

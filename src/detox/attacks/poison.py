@@ -9,8 +9,10 @@ For each attack, in the order given:
    not already of the target class; source-specific: of the source classes); clean label:
    free examples of the target class. "Free" = not taken by an earlier attack, so attacks
    poison *disjoint* subsets and no example is picked twice;
-3. **count**: ``floor(ratio x N)`` (dirty: N = training-set size; clean: N = size of the
-   target class), at least ``min_count`` and 1; too few free examples is a ConfigError;
+3. **count**: ``floor(ratio x N)``, N = the training-set size, or the size of the target
+   class where the attack's ``ratio_of`` says so (clean-label attacks by default; SIG's
+   BackdoorBench setting counts in the training set), at least ``min_count`` and 1; too
+   few free examples is a ConfigError;
 4. **indices**: a seeded random choice from the pool (sorted);
 5. the trigger is applied in fixed chunks on ``device``; labels become the target map's
    (dirty) or stay (clean); ``attack_id`` records the attack;
@@ -80,15 +82,22 @@ def poison(
 
     for i, (spec, uname) in enumerate(zip(specs, names)):
         cls = ATTACKS.get(spec.name)
-        defaults = cls.Config()
+        defaults = cls.preset_config(spec.preset)
         ratio = spec.ratio if spec.ratio is not None else defaults.ratio
         label_mode = spec.label_mode or cls.label_mode
         clean = label_mode == "clean"
         if clean and spec.target_mode == "all2all":
             raise ConfigError(f"attack {uname!r}: a clean-label attack cannot be all-to-all")
+        ratio_of = spec.params.get("ratio_of", defaults.ratio_of) or (
+            "target_class" if clean else "train"
+        )
+        if ratio_of == "target_class" and not clean:
+            raise ConfigError(
+                f"attack {uname!r}: ratio_of='target_class' needs a clean-label attack"
+            )
 
-        def needed(t: int | None, spec=spec, ratio=ratio, clean=clean) -> int:
-            if clean:
+        def needed(t: int | None, spec=spec, ratio=ratio, ratio_of=ratio_of) -> int:
+            if ratio_of == "target_class":
                 return poison_count(ratio, int(class_counts[t]), spec.min_count)
             return poison_count(ratio, n, spec.min_count)
 
@@ -138,6 +147,7 @@ def poison(
         # 5. trigger
         params = dict(spec.params)
         attack: Attack = cls(
+            defaults,
             seed=derive_seed(seed, "attack", i, spec.name),
             target_map=tmap,
             label_mode=spec.label_mode,
@@ -250,7 +260,8 @@ def _record(
         "label_mode": attack.label_mode,
         **tmap.to_dict(),
         "ratio": ratio,
-        "ratio_of": "target_class" if attack.label_mode == "clean" else "train",
+        "ratio_of": attack.ratio_base(),
+        "preset": spec.preset,
         "min_count": spec.min_count,
         "n_poisoned": int(count),
         "seed": attack.seed,

@@ -3,9 +3,20 @@ Label Poisoning", ICIP 2019): clean-label, a horizontal sinusoid added to target
 training images.
 
 ``x' = clip(x + delta/255 * sin(2 pi j f / W))`` for column j, all rows and channels.
-delta 20 (of 255) at training and f 6 [paper]; BackdoorBench uses delta 40: pass
-``delta=40``. ``delta_test`` sets a different strength for the triggered test images
-(default: the same as ``delta``). The ratio is a fraction of the target class.
+Presets (values checked against each source):
+
+* ``backdoorbench`` (the defaults; SampDetox's setting, BackdoorBench
+  ``config/attack/sig/default.yaml`` and ``utils/bd_img_transform/sig.py``): delta 40,
+  f 6, the same delta at test time; ``ratio`` 0.1 read as BackdoorBench reads it, a
+  fraction of the **whole training set** drawn from the target class
+  (``ratio_of="train"``: on CIFAR-10 at 10% that is all 5,000 target-class images).
+  BackdoorBench truncates to uint8 after the addition; detox rounds (at most 1/255 apart).
+* ``ultraclean`` (UltraClean's clean-label experiments, METHODS.md section 2 and the
+  paper's delta 20 of Barni et al.): delta 20, f 6, ``ratio`` 0.3 of the target class
+  (``ratio_of="target_class"``).
+
+``delta_test`` sets a different strength for the triggered test images (default: the
+same as ``delta``).
 """
 
 from __future__ import annotations
@@ -21,9 +32,14 @@ from detox.errors import ConfigError
 
 @dataclass
 class SIGConfig(AttackConfig):
-    delta: float = hp(20.0, "intensity /255", "[paper] delta 20 at training (BackdoorBench: 40)")
+    ratio_of: str | None = hp(
+        "train",
+        "train | target_class",
+        "[BackdoorBench] pratio x the whole training set, drawn from the target class",
+    )
+    delta: float = hp(40.0, "intensity /255", "[BackdoorBench] sig_delta 40 (paper: 20)")
     delta_test: float | None = hp(None, "intensity /255", "[open] test-time delta; None = delta")
-    freq: float = hp(6.0, "cycles per image width", "[paper] f 6")
+    freq: float = hp(6.0, "cycles per image width", "[paper] f 6 (BackdoorBench sig_f 6)")
 
     def validate(self) -> None:
         super().validate()
@@ -41,6 +57,10 @@ class SIG(Attack):
     Config = SIGConfig
     config: SIGConfig
     label_mode = "clean"
+    presets = {
+        "backdoorbench": {},
+        "ultraclean": {"delta": 20.0, "ratio": 0.3, "ratio_of": "target_class"},
+    }
 
     def _wave(self, g, c, h, w) -> torch.Tensor:
         j = torch.arange(w, dtype=torch.float64)

@@ -8,6 +8,7 @@ target map, label mode, trigger parameters). Unset values come from the attack's
     badnets,blended                       # two attacks, disjoint poisoned subsets
     badnets:ratio=0.05:target=3           # spec fields and trigger parameters, ':'-separated
     sig:delta=40:target=random            # 'random': a seeded random target class
+    sig:preset=ultraclean                 # a named setting of the attack (its ``presets``)
     badnets:target_mode=source:source=1+2 # source-specific (classes 1 and 2 -> target 0)
     wanet:target_mode=all2all
     badloss-cifar10                       # a named suite (see detox.attacks.suites)
@@ -38,6 +39,7 @@ _SPEC_KEYS = {
     "min_count": "min_count",
     "label_mode": "label_mode",
     "label": "label_mode",
+    "preset": "preset",
 }
 
 
@@ -49,7 +51,9 @@ class AttackSpec:
     label); None = the attack's default. ``target``: a class index, ``"random"`` (seeded,
     each attack its own), or None = the attack's default. ``min_count``: at least this many
     poisoned examples (BaDLoss GTSRB Sinusoid: 300). ``label_mode``: override the attack's
-    own ("dirty"/"clean"). ``params``: trigger settings of the attack's config.
+    own ("dirty"/"clean"). ``preset``: a named setting of the attack (its ``presets``;
+    None = its defaults). ``params``: trigger settings of the attack's config, applied on
+    top of the preset.
     """
 
     name: str
@@ -60,11 +64,15 @@ class AttackSpec:
     params: dict[str, Any] = field(default_factory=dict)
     min_count: int = 0
     label_mode: str | None = None
+    preset: str | None = None
 
     def __post_init__(self) -> None:
         self.name = self.name.strip().lower()
         if self.name not in ATTACKS:
             raise unknown_attack(self.name)
+        if self.preset is not None:
+            self.preset = str(self.preset).strip().lower()
+            ATTACKS.get(self.name).preset_config(self.preset)  # unknown presets raise here
         if self.ratio is not None:
             self.ratio = check_ratio(_num(self.ratio, "ratio", float))
         if isinstance(self.target, str):
@@ -135,7 +143,7 @@ class AttackSpec:
 
     def __str__(self) -> str:
         parts = [self.name]
-        for k in ("ratio", "target", "min_count", "label_mode"):
+        for k in ("preset", "ratio", "target", "min_count", "label_mode"):
             v = getattr(self, k)
             if v not in (None, 0):
                 parts.append(f"{k}={v}")
