@@ -22,6 +22,7 @@ from detox.defenses.detectors.badloss import (
 )
 from detox.errors import ConfigError
 from detox.training import TrainConfig, per_example_loss
+from detox.utils.seed import derive_seed
 
 # ---------------------------------------------------------------------------------------
 # pure parts (synthetic tensors)
@@ -49,18 +50,21 @@ def test_registered_with_presets_and_validation():
 
 
 def test_pretrain_config_follows_the_final_run():
-    final = make_config(TrainConfig, "quick", epochs=100, batch_size=128)
-    cfg = make_config(BaDLossConfig)
-    pre = pretrain_config(final, cfg, seed=7, progress=False)
+    final = make_config(TrainConfig, "quick", epochs=100, batch_size=256)
+    # "final": the final run's optimiser and schedule as given
+    pre = pretrain_config(final, make_config(BaDLossConfig, optimizer_preset="final"), seed=7)
     assert (pre.model, pre.width, pre.batch_size, pre.lr, pre.schedule) == (
         "resnet18",
         0.25,
-        128,
+        256,
         0.2,
         "onecycle",
     )
-    assert (pre.epochs, pre.schedule_epochs, pre.augment, pre.seed) == (30, 100, False, 7)
-    sgd = pretrain_config(final, make_config(BaDLossConfig, optimizer_preset="sgd"))
+    assert (pre.epochs, pre.schedule_epochs, pre.augment) == (30, 100, False)
+    assert pre.seed == derive_seed(7, "badloss-pretrain") != 7
+    # the default is the authors' ICLR-era script (METHODS.md section 3), value by value
+    cfg = make_config(BaDLossConfig)
+    sgd = pretrain_config(final, cfg)
     assert (sgd.optimizer, sgd.lr, sgd.momentum, sgd.weight_decay, sgd.schedule) == (
         "sgd",
         0.1,
@@ -68,6 +72,14 @@ def test_pretrain_config_follows_the_final_run():
         1e-4,
         "cosine",
     )
+    assert (sgd.batch_size, sgd.label_smoothing, sgd.nesterov, sgd.warmup_epochs) == (
+        128,
+        0.0,
+        False,
+        0.0,
+    )
+    assert sgd.schedule_epochs == 100  # cosine over the final run's epochs
+    assert make_config(BaDLossConfig, "paper").optimizer_preset == "sgd"
     adamw = pretrain_config(final, make_config(BaDLossConfig, optimizer_preset="adamw"))
     assert (adamw.optimizer, adamw.lr, adamw.weight_decay, adamw.schedule) == (
         "adamw",
@@ -75,7 +87,17 @@ def test_pretrain_config_follows_the_final_run():
         1e-4,
         "cosine",
     )
-    # a final run shorter than pre-training: the schedule spans the pre-training
+    assert adamw.batch_size == 128 and adamw.label_smoothing == 0.0
+    # quick: 10 epochs of a cosine spanning 33, so the LR ends at the paper's 30-of-100 point
+    quick = pretrain_config(make_config(TrainConfig, "quick"), make_config(BaDLossConfig, "quick"))
+    assert (quick.epochs, quick.schedule_epochs, quick.optimizer, quick.batch_size) == (
+        10,
+        33,
+        "sgd",
+        128,
+    )
+    with pytest.raises(ConfigError, match="schedule_epochs=5"):
+        make_config(BaDLossConfig, schedule_epochs=5)
     short = pretrain_config(dataclasses.replace(final, epochs=2), cfg)
     assert short.schedule_epochs == 30
 

@@ -205,10 +205,11 @@ def _bench(args, env, **kw):
 
 
 def _seed_cache(src_cache: Path, dst_cache: Path) -> None:
-    """Share extracted datasets between test caches (the victims stay separate)."""
+    """Share extracted datasets between test caches (victims and purified images stay
+    separate)."""
     dst_cache.mkdir(parents=True, exist_ok=True)
     for sub in Path(src_cache).iterdir() if Path(src_cache).is_dir() else []:
-        if sub.name != "victims" and not (dst_cache / sub.name).exists():
+        if sub.name not in ("victims", "purified") and not (dst_cache / sub.name).exists():
             (dst_cache / sub.name).symlink_to(sub.resolve())
 
 
@@ -447,3 +448,80 @@ def test_no_defense_cell_is_shared_across_defense_presets(tmp_path):
         "code",
         "paper",
     ]
+
+
+# every kind of defense on one tiny grid: detectors (UltraClean, BaDLoss) and purifiers
+# (SampDetox with the shipped model, ShrinkPad, median)
+EVERY_DEFENSE = """
+name = "every-defense"
+preset = "smoke"
+datasets = ["cifar10"]
+attacks = ["badnets"]
+defenses = ["ultraclean", "badloss", "sampdetox", "shrinkpad", "median"]
+defense_preset = "smoke"
+[set]
+train_subset = 300
+test_subset = 40
+epochs = 1
+"""
+
+#: Fields of a cell JSON that record when and how fast, or whether a cache answered:
+#: everything else is a figure and must not depend on the state of the caches.
+_NOT_FIGURES = {
+    "seconds",
+    "finished",
+    "environment",
+    "cached",
+    "train_seconds",
+    "images_per_second",
+    "timing",
+    "purified",
+    "from_cache",
+    "wall_seconds",
+    "images_purified",
+    "images_from_cache",
+    "purify_seconds",
+}
+
+
+def _figures(obj):
+    if isinstance(obj, dict):
+        return {
+            k: _figures(v)
+            for k, v in obj.items()
+            if k not in _NOT_FIGURES and not k.endswith(("seconds", "per_second"))
+        }
+    if isinstance(obj, list):
+        return [_figures(v) for v in obj]
+    return obj
+
+
+def test_cold_and_warm_caches_give_identical_figures(tmp_path):
+    """The same bench twice: first with empty victim and purified-image caches, then with
+    both warm (victims loaded, clean test images from the purified cache); and BaDLoss's
+    pre-training seeded whatever ran before it. Every figure is byte-identical."""
+    cache = tmp_path / "cache"
+    _seed_cache(Path(os.environ["DETOX_CACHE"]), cache)
+    cfg = write(tmp_path, EVERY_DEFENSE)
+    runs = []
+    for name in ("cold", "warm"):
+        out = tmp_path / name
+        p = _bench([str(cfg), "--out", str(out), "--quiet"], _env(cache), timeout=1200)
+        assert p.returncode == 0, p.stderr
+        runs.append({c.name: json.loads(c.read_text()) for c in (out / "cells").glob("*.json")})
+    cold, warm = runs
+    assert len(cold) == 6 and set(cold) == set(warm)
+    # the second run really was warm: its victims and purified images came from the caches
+    assert all(c["victim"]["cached"] for c in warm.values())
+    assert not any(c["victim"]["cached"] for c in cold.values())
+    pur = [n for n, c in cold.items() if c["kind"] == "purifier"]
+    assert len(pur) == 3
+    assert all(warm[n]["defense_info"]["images_from_cache"] > 0 for n in pur)
+    assert all(cold[n]["defense_info"]["images_from_cache"] == 0 for n in pur)
+    for name in cold:
+        a = json.dumps(_figures(cold[name]), sort_keys=True)
+        b = json.dumps(_figures(warm[name]), sort_keys=True)
+        assert a == b, name
+    # and the figures are real ones: BaDLoss and UltraClean scored and cut 300 examples
+    det = [c for c in cold.values() if c["kind"] == "detector"]
+    assert len(det) == 2 and all(c["detection"]["overall"]["n"] >= 250 for c in det)

@@ -31,9 +31,11 @@ def plot_trajectories(
     kept_epochs: Sequence[int] | None = None,
     title: str | None = None,
     log_y: bool = False,
+    center: str = "median",
 ) -> Path:
     """Plot per-epoch median and 25-75% quantiles of the loss of clean examples
-    (``attack_id == -1``) and of each attack's examples.
+    (``attack_id == -1``) and of each attack's examples (``center="mean"``: the mean, with
+    the same quantile band).
 
     ``traj``: (N, E) losses; ``attack_id``: (N,) attack index into ``attack_names``, -1 =
     clean; ``probe_traj``: optional (P, E) probe trajectories, drawn dashed;
@@ -43,6 +45,8 @@ def plot_trajectories(
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    if center not in ("median", "mean"):
+        raise ValueError(f"center={center!r}: expected 'median' or 'mean'")
     t = _np(traj).astype(np.float64)
     ids = _np(attack_id).astype(np.int64).ravel()
     if t.ndim != 2 or len(ids) != len(t):
@@ -59,6 +63,8 @@ def plot_trajectories(
             continue
         rows = t[mask]
         q25, med, q75 = np.nanpercentile(rows, [25, 50, 75], axis=0)
+        if center == "mean":
+            med = np.nanmean(rows, axis=0)
         (line,) = ax.plot(
             epochs,
             med,
@@ -72,7 +78,7 @@ def plot_trajectories(
         if len(p):
             ax.plot(
                 epochs,
-                np.nanmedian(p, axis=0),
+                np.nanmean(p, axis=0) if center == "mean" else np.nanmedian(p, axis=0),
                 color=CLEAN_COLOR,
                 ls="--",
                 lw=1,
@@ -90,7 +96,7 @@ def plot_trajectories(
     ax.set_xlim(0.8, max(1, t.shape[1]) + 0.2)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    ax.set_title(title or "Loss trajectories: median and interquartile range")
+    ax.set_title(title or f"Loss trajectories: {center} and interquartile range")
     fig.tight_layout()
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
