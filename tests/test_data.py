@@ -670,3 +670,99 @@ def test_dataset_info_folder(tmp_path):
     (tmp_path / "d.npz").unlink()
     with pytest.raises(DataError):
         dataset_info(str(tmp_path / "d.npz"))
+
+
+# -- dataset facts ------------------------------------------------------------------------------
+def _norm(model) -> tuple[list[float], list[float]]:
+    return model.mean.flatten().tolist(), model.std.flatten().tolist()
+
+
+def test_every_name_of_a_dataset_gets_its_normalisation():
+    """A classifier built for any registered name, alias or split name (in any case) gets
+    the normalisation of the dataset's facts; Tiny-ImageNet's is not the default."""
+    from detox.data.registry import DATASETS, dataset_facts, registered_facts
+    from detox.models import build_model
+    from detox.models.base import DEFAULT_NORM
+
+    facts = registered_facts()
+    assert [f.name for f in facts] == DATASETS.names() == ["cifar10", "gtsrb", "tinyimagenet"]
+    for f in facts:
+        names = [
+            *f.names,
+            f.name.upper(),
+            *(f"{n}-{s}" for n in f.names for s in ("train", "test")),
+        ]
+        for n in names:
+            assert dataset_facts(n) is f, n
+            m = build_model("small-cnn", f.num_classes, width=0.125, dataset=n)
+            mean, std = _norm(m)
+            assert mean == pytest.approx(f.mean, abs=1e-7) and std == pytest.approx(f.std, abs=1e-7)
+            assert m.meta["mean"] == list(f.mean) and m.meta["std"] == list(f.std)
+        assert f.mean != DEFAULT_NORM[0]
+    tiny = build_model("small-cnn", 200, width=0.125, dataset="tinyimagenet-train")
+    assert _norm(tiny)[0] == pytest.approx((0.4802, 0.4481, 0.3975), abs=1e-7)
+    assert dataset_facts("tiny-imagenet") is dataset_facts("tinyimagenet-test")
+    # no facts: image folders, .npz files, unknown names -> the default normalisation
+    for n in (None, "", "my-images", "cifar10-small", "/data/cifar10", "cifar10-val", "d.npz"):
+        assert dataset_facts(n) is None, n
+        m = build_model("small-cnn", 10, width=0.125, dataset=n)
+        assert _norm(m)[0] == pytest.approx(DEFAULT_NORM[0]), n
+
+
+def test_loaders_write_names_that_resolve_to_their_facts(
+    cifar_test, gtsrb_test, tmp_path, tmp_cache
+):
+    """The names loaders actually write (``meta["dataset"]``, ``<name>-<split>``, and the
+    source of a PoisonedSet built from them) resolve to the loader's facts, which agree
+    with the loaded arrays."""
+    from detox.data import PoisonedSet
+    from detox.data.registry import dataset_facts
+    from detox.models import build_model
+
+    data = tmp_path / "data"
+    _fake_tiny(data)
+    tiny = load_dataset("tiny-imagenet", "train", data_dir=data)
+    assert (tiny.meta["dataset"], tiny.name) == ("tinyimagenet", "tinyimagenet-train")
+    for ds, classes in ((cifar_test, 10), (gtsrb_test, 43), (tiny, 3)):
+        f = dataset_facts(ds.meta["dataset"])
+        assert f is not None and dataset_facts(ds.name) is f
+        assert ds.image_shape == (f.channels, f.image_size, f.image_size)
+        assert ds.num_classes == classes and (classes == 3 or f.num_classes == classes)
+        pset = PoisonedSet.from_clean(ds.subset(range(3)))
+        dataset = pset.source.get("dataset") or pset.source.get("name")  # as the pipeline does
+        m = build_model("small-cnn", ds.num_classes, width=0.125, dataset=dataset)
+        assert _norm(m)[0] == pytest.approx(f.mean, abs=1e-7)
+    assert dataset_facts("tinyimagenet").mean == (0.4802, 0.4481, 0.3975)
+
+
+def test_dataset_facts_match_the_training_data(cifar_train, gtsrb_train):
+    """mean / std are the channel statistics of the real training split (measured: CIFAR-10
+    exact to 4 decimals; GTSRB's published values within 0.004 of the shipped arrays)."""
+    from detox.data.registry import dataset_facts
+
+    for ds, tol in ((cifar_train, 1e-4), (gtsrb_train, 5e-3)):
+        f = dataset_facts(ds.name)
+        x = ds.x.double().div_(255.0)
+        mean = x.mean(dim=(0, 2, 3)).tolist()
+        std = x.std(dim=(0, 2, 3)).tolist()
+        assert mean == pytest.approx(f.mean, abs=tol) and std == pytest.approx(f.std, abs=tol)
+
+
+def test_packaged_diffusion_follows_the_facts():
+    from detox.data.registry import DatasetFacts, dataset_facts, register_dataset
+    from detox.diffusion import packaged_diffusion
+    from detox.diffusion.backend import packaged_datasets
+
+    assert packaged_datasets() == ["cifar10", "gtsrb"]
+    for name in ("cifar10", "gtsrb"):
+        path = Path(packaged_diffusion(name))
+        assert path.name == dataset_facts(name).diffusion and (path / "model_index.json").is_file()
+    assert packaged_diffusion("CIFAR-10") == packaged_diffusion("cifar10-test")
+    assert packaged_diffusion("tiny-imagenet") is None and packaged_diffusion("x.npz") is None
+    # a record must be consistent, and a name can be registered once
+    with pytest.raises(ConfigError, match="one value per channel"):
+        DatasetFacts("x", 10, 32, mean=(0.5,), std=(0.5, 0.5, 0.5))
+    with pytest.raises(ConfigError, match="lower-case"):
+        DatasetFacts("X", 10, 32, mean=(0.5,) * 3, std=(0.5,) * 3)
+    with pytest.raises(ConfigError, match="registered twice"):
+        register_dataset(DatasetFacts("cifar10", 10, 32, (0.5,) * 3, (0.5,) * 3))(lambda: None)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import inspect
 import os
 import shutil
 import tempfile
@@ -32,6 +31,7 @@ from detox.data.paths import cache_dir
 from detox.metrics import attack_success_rate, clean_accuracy, poisoned_accuracy
 from detox.models import build_model, load_checkpoint, save_checkpoint
 from detox.training import TrainConfig, predict, train
+from detox.utils.device import resolve_device
 from detox.utils.io import atomic_write_json, read_json
 
 
@@ -75,18 +75,32 @@ def make_poisoned_set(
 
 
 def _code_version() -> str:
+    """Digest of the code a trained model depends on: the training loop, the models and
+    every detox module they import (transitively), plus the library versions."""
     import detox.models as models_pkg
     import detox.training as training_mod
+    from detox.utils.fingerprint import code_fingerprint
 
-    h = hashlib.sha256(__version__.encode())
-    h.update(inspect.getsource(training_mod).encode())
-    for f in sorted(Path(models_pkg.__file__).parent.glob("*.py")):
-        h.update(f.read_bytes())
-    return h.hexdigest()[:16]
+    modules = [models_pkg, training_mod]
+    modules += [f"detox.models.{f.stem}" for f in Path(models_pkg.__file__).parent.glob("*.py")]
+    return __version__ + ":" + code_fingerprint(*sorted(modules, key=str))[:16]
+
+
+def runtime_fingerprint(device: torch.device | str) -> dict[str, Any]:
+    """What of the machine changes a trained model's bytes: the device type, bf16
+    autocast, and on the CPU the number of torch threads (reductions are split by it)."""
+    from detox.utils.device import bf16_supported
+
+    dev = torch.device(device) if isinstance(device, str) else device
+    out: dict[str, Any] = {"device": dev.type, "bf16": bool(bf16_supported(dev))}
+    if dev.type == "cpu":
+        out["threads"] = torch.get_num_threads()
+    return out
 
 
 def victim_key(x: torch.Tensor, y: torch.Tensor, tcfg: TrainConfig, extra: Any = None) -> str:
-    """Content hash of (training images, labels, training config, code version)."""
+    """Content hash of (training images, labels, training config, code version, ``extra``:
+    the dataset, its normalisation and the runtime)."""
     h = hashlib.sha256()
     h.update(np.ascontiguousarray(x.cpu().numpy()).tobytes())
     h.update(np.ascontiguousarray(y.cpu().numpy()).tobytes())
@@ -108,7 +122,10 @@ def train_classifier(
     desc: str = "victim",
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Train (or load from the victim cache) a classifier on uint8 images ``x``."""
-    key = victim_key(x, y, tcfg, dataset)
+    from detox.models.base import normalization_for
+
+    dev = resolve_device(device) if isinstance(device, str) else device
+    key = victim_key(x, y, tcfg, (dataset, normalization_for(dataset), runtime_fingerprint(dev)))
     folder = cache_dir() / "victims" / key
     if cache and (folder / "model.safetensors").is_file() and (folder / "train.json").is_file():
         info = read_json(folder / "train.json")

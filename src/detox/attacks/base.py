@@ -18,6 +18,10 @@ run the trigger on uint8 data without per-pixel float round trips. The base clas
   :data:`LARGE_SIZE` pixels (BaDLoss's "large" settings), read with :meth:`Attack.param`;
 * **batching**: :meth:`Attack.apply_uint8` runs over uint8 datasets in fixed-size chunks.
 
+Where the paper, the authors' code and BackdoorBench differ, an attack offers each as a
+named preset (:attr:`Attack.presets`, picked with ``preset=`` or the spec key
+``name:preset=...``); its config's defaults are one of them and its docstring says which.
+
 Adding an attack is one new module with a config dataclass and an :class:`Attack` subclass
 decorated with :func:`register`, plus its import in ``detox/attacks/__init__.py``.
 """
@@ -68,8 +72,10 @@ def hp(default: Any, unit: str = "", source: str = "", help: str = "") -> Any:
 class AttackConfig:
     """Settings shared by every attack: how much to poison and which class to target.
 
-    Clean-label attacks read ``ratio`` as a fraction of the target class; dirty-label ones
-    as a fraction of the whole training set.
+    ``ratio_of`` says what ``ratio`` is a fraction of: by default clean-label attacks read
+    it as a fraction of the target class and dirty-label ones as a fraction of the whole
+    training set; SIG's BackdoorBench setting reads a clean-label ratio as a fraction of
+    the whole training set, drawn from the target class.
     """
 
     ratio: float = hp(0.1, "fraction", "BackdoorBench default (METHODS.md section 4)")

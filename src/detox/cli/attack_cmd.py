@@ -65,7 +65,7 @@ def register_show(sub: argparse._SubParsersAction) -> None:
         "--sampdetox",
         action="store_true",
         help="draw the SampDetox figure with the diffusion model detox ships for the "
-        "artefact's dataset (cifar10, gtsrb)",
+        "artefact's dataset (see `detox data info`)",
     )
     p.add_argument("--defense-preset", default="paper", help="SampDetox preset for the figure")
     p.add_argument("--seed", type=int, default=0)

@@ -32,7 +32,7 @@ from detox.data.archive import (
     resize_images,
 )
 from detox.data.base import ImageDataset
-from detox.data.registry import DATASETS
+from detox.data.registry import DatasetFacts, register_dataset
 from detox.data.safe_pickle import safe_load
 from detox.errors import ChecksumError, DataError
 
@@ -56,6 +56,16 @@ SPLIT_MEMBERS = {
     "test": ["test_batch"],
 }
 SPLIT_SIZES = {"train": 50000, "test": 10000}
+FACTS = DatasetFacts(
+    name="cifar10",
+    aliases=("cifar-10", "cifar"),
+    num_classes=10,
+    image_size=32,
+    # channel mean / std of the 50,000 training images (measured; tests/test_data.py)
+    mean=(0.4914, 0.4822, 0.4465),
+    std=(0.2470, 0.2435, 0.2616),
+    diffusion="ddpm-cifar10-32",
+)
 _FORMAT = "v1"
 # decoded-cache key: the content is fixed by the official member checksums
 _KEY_SOURCE = _FORMAT + "".join(sorted(MEMBER_MD5.values()))
@@ -136,7 +146,7 @@ def _decode(root: Path, split: str) -> dict[str, np.ndarray]:
     return {"x": x, "y": y}
 
 
-@DATASETS.register("cifar10", "cifar-10", "cifar")
+@register_dataset(FACTS)
 def load_cifar10(
     split: str = "train",
     data_dir: str | os.PathLike | None = None,
@@ -156,11 +166,11 @@ def load_cifar10(
     if size is not None:
         xt = resize_images(xt, size)
     meta = {
-        "dataset": "cifar10",
+        "dataset": FACTS.name,
         "split": split,
         **loc.meta(),
         "image_size": int(xt.shape[-1]),
-        "native_size": 32,
+        "native_size": FACTS.image_size,
         "decoded_cache": hit,
     }
-    return ImageDataset(xt, torch.from_numpy(y), classes, name=f"cifar10-{split}", meta=meta)
+    return ImageDataset(xt, torch.from_numpy(y), classes, name=f"{FACTS.name}-{split}", meta=meta)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
 from detox.data.archive import MissingDataError
-from detox.data.registry import DATASETS, SPLITS, load_dataset
+from detox.data.registry import DATASETS, SPLITS, dataset_facts, load_dataset
 from detox.errors import DataError
 
 
@@ -17,8 +18,10 @@ def dataset_info(
 
     Returns ``dataset``, ``counts`` (images per split), ``splits`` (per split: count,
     per-class counts, source, checksum status and detail), ``num_classes``, ``classes``,
-    ``image_shape`` (C, H, W), ``source`` (where it was loaded from) and ``checksum``
-    ("verified" when every split's files matched known checksums, else "unverified").
+    ``image_shape`` (C, H, W), ``source`` (where it was loaded from), ``checksum``
+    ("verified" when every split's files matched known checksums, else "unverified") and
+    ``facts`` (the registered :class:`~detox.data.registry.DatasetFacts`: normalisation,
+    native size, shipped diffusion model; None for folders and ``.npz`` files).
     A split that fails to load is reported under ``errors``; if all fail the first error
     is raised.
     """
@@ -64,6 +67,8 @@ def dataset_info(
         "checksum": "verified" if statuses == {"verified"} and not errors else "unverified",
         "splits": splits,
     }
+    facts = dataset_facts(info["dataset"]) or dataset_facts(name)
+    info["facts"] = dataclasses.asdict(facts) if facts is not None else None
     if errors:
         info["errors"] = errors
     return info
@@ -82,4 +87,8 @@ def format_info(info: dict[str, Any]) -> str:
     lines.append(f"source        {src if isinstance(src, str) else '; '.join(src)}")
     details = list(dict.fromkeys(s["checksum_detail"] for s in info["splits"].values()))
     lines.append(f"checksum      {info['checksum']} ({'; '.join(d for d in details if d)})")
+    facts = info.get("facts")
+    if facts:
+        lines.append(f"normalisation mean {tuple(facts['mean'])}, std {tuple(facts['std'])}")
+        lines.append(f"diffusion     {facts['diffusion'] or 'none shipped'} (SampDetox default)")
     return "\n".join(lines)

@@ -1,14 +1,22 @@
-"""Dataset registry: ``load_dataset(name, split)`` for every supported source.
+"""Dataset registry: ``load_dataset(name, split)`` for every supported source, and the
+facts of each registered dataset.
 
 Each loader module registers a function ``loader(split, data_dir, image_size) ->
-ImageDataset`` under its name. Besides registered names, ``load_dataset`` accepts a path:
-a folder of ``<class>/*.png|jpg`` images or an ``.npz`` file (see :mod:`detox.data.folder`).
+ImageDataset`` together with the dataset's :class:`DatasetFacts` (canonical name, aliases,
+classes, native image size, channel statistics, the diffusion model detox ships for it)
+with :func:`register_dataset`, beside the loader. Everything else that depends on which
+dataset it is (a classifier's normalisation, SampDetox's default diffusion model) asks
+:func:`dataset_facts`, which accepts any alias and the names loaders write
+(``cifar10-test``, ``tinyimagenet-train``). Besides registered names, ``load_dataset``
+accepts a path: a folder of ``<class>/*.png|jpg`` images or an ``.npz`` file (see
+:mod:`detox.data.folder`); such datasets have no facts.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from detox.data.base import ImageDataset
@@ -18,6 +26,76 @@ from detox.registry import Registry
 Loader = Callable[..., ImageDataset]
 DATASETS: Registry[Loader] = Registry("dataset")
 SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class DatasetFacts:
+    """What is true of a registered dataset, whoever asks.
+
+    ``name``: canonical name (what loaders write as ``meta["dataset"]``, and
+    ``<name>-<split>`` as the dataset's name); ``aliases``: other accepted names;
+    ``num_classes``; ``image_size``: native side in pixels (square); ``channels``;
+    ``mean`` / ``std``: per-channel statistics of the training split on [0, 1] images (a
+    classifier's input normalisation); ``diffusion``: folder under ``detox/weights`` of the
+    diffusion model detox ships for it, or None.
+    """
+
+    name: str
+    num_classes: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    channels: int = 3
+    aliases: tuple[str, ...] = ()
+    diffusion: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.name != self.name.lower() or any(a != a.lower() for a in self.aliases):
+            raise ConfigError(f"dataset {self.name!r}: names and aliases must be lower-case")
+        if len(self.mean) != self.channels or len(self.std) != self.channels:
+            raise ConfigError(
+                f"dataset {self.name!r}: mean and std need one value per channel "
+                f"({self.channels}), got {len(self.mean)} and {len(self.std)}"
+            )
+        if min(self.std) <= 0 or self.num_classes < 2 or self.image_size < 1:
+            raise ConfigError(f"dataset {self.name!r}: std > 0, >= 2 classes, size >= 1")
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.name, *self.aliases)
+
+
+_FACTS: dict[str, DatasetFacts] = {}  # canonical name or alias -> facts
+
+
+def register_dataset(facts: DatasetFacts) -> Callable[[Loader], Loader]:
+    """Decorator: register ``loader`` under ``facts.name`` and its aliases, with its facts."""
+
+    def deco(loader: Loader) -> Loader:
+        DATASETS.register(facts.name, *facts.aliases)(loader)
+        for key in facts.names:
+            if key in _FACTS and _FACTS[key] is not facts:
+                raise ConfigError(f"dataset {key!r} is registered twice")
+            _FACTS[key] = facts
+        return loader
+
+    return deco
+
+
+def dataset_facts(name: str | None) -> DatasetFacts | None:
+    """The facts of dataset ``name``: a registered name or alias (any case), or the name a
+    loader gives a split (``cifar10-test``, ``tiny-imagenet-train``). None for anything
+    else (image folders, ``.npz`` files, unknown names, None)."""
+    key = str(name or "").strip().lower()
+    if key in _FACTS:
+        return _FACTS[key]
+    base, _, split = key.rpartition("-")
+    return _FACTS.get(base) if split in SPLITS else None
+
+
+def registered_facts() -> list[DatasetFacts]:
+    """The facts of every registered dataset, by canonical name."""
+    return sorted({id(f): f for f in _FACTS.values()}.values(), key=lambda f: f.name)
 
 
 def load_dataset(

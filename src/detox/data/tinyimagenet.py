@@ -28,12 +28,21 @@ from detox.data.archive import (
     read_images,
 )
 from detox.data.base import ImageDataset
-from detox.data.registry import DATASETS
+from detox.data.registry import DatasetFacts, register_dataset
 from detox.errors import DataError
 
 URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 ZIP_MD5 = "90528d7ca1a48142e341f4ef8d21d0de"
-NATIVE_SIZE = 64
+FACTS = DatasetFacts(
+    name="tinyimagenet",
+    aliases=("tiny-imagenet", "tiny-imagenet-200", "tinyimagenet200"),
+    num_classes=200,
+    image_size=64,
+    # the usual published channel statistics of the 100,000 training images
+    mean=(0.4802, 0.4481, 0.3975),
+    std=(0.2770, 0.2691, 0.2821),
+)
+NATIVE_SIZE = FACTS.image_size
 _FORMAT = "v1"
 
 RESOURCE = Resource(
@@ -109,7 +118,7 @@ def _split_files(root: Path, split: str, wnids: list[str]) -> tuple[list[Path], 
     return files, labels
 
 
-@DATASETS.register("tinyimagenet", "tiny-imagenet", "tiny-imagenet-200", "tinyimagenet200")
+@register_dataset(FACTS)
 def load_tinyimagenet(
     split: str = "train",
     data_dir: str | os.PathLike | None = None,
@@ -131,7 +140,7 @@ def load_tinyimagenet(
 
     arrays, hit = cached_arrays(f"tinyimagenet-{split}-{size}-{key}", build)
     meta = {
-        "dataset": "tinyimagenet",
+        "dataset": FACTS.name,
         "split": split,
         **loc.meta(),
         "wnids": wnids,
@@ -142,6 +151,6 @@ def load_tinyimagenet(
         torch.from_numpy(arrays["x"]),
         torch.from_numpy(arrays["y"]),
         names,
-        name=f"tinyimagenet-{split}",
+        name=f"{FACTS.name}-{split}",
         meta=meta,
     )

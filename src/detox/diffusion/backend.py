@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from detox.data.registry import dataset_facts, registered_facts
 from detox.errors import ConfigError
 from detox.utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 
@@ -487,16 +488,20 @@ def load_diffusion(
 
 
 # -- weights shipped with detox --------------------------------------------------------
-PACKAGED = {"cifar10": "ddpm-cifar10-32", "gtsrb": "ddpm-gtsrb-32"}  # dataset -> folder
-
-
 def packaged_diffusion(dataset: str | None = "cifar10") -> str | None:
-    """The folder of the diffusion model shipped with detox for ``dataset`` (trained by
-    ``detox diffusion train``, see docs/results.md), or None when there is none."""
+    """The folder of the diffusion model shipped with detox for ``dataset`` (any name or
+    alias :func:`detox.data.registry.dataset_facts` resolves; the folder is the dataset's
+    ``diffusion`` fact; trained by ``detox diffusion train``, see docs/results.md), or
+    None when there is none."""
     from importlib import resources
 
-    folder = PACKAGED.get(str(dataset or "").lower())
-    if folder is None:
+    facts = dataset_facts(dataset)
+    if facts is None or facts.diffusion is None:
         return None
-    root = resources.files("detox").joinpath("weights", folder)
+    root = resources.files("detox").joinpath("weights", facts.diffusion)
     return str(root) if root.is_dir() and root.joinpath("model_index.json").is_file() else None
+
+
+def packaged_datasets() -> list[str]:
+    """Canonical names of the datasets detox ships a diffusion model for."""
+    return [f.name for f in registered_facts() if packaged_diffusion(f.name) is not None]

@@ -10,23 +10,23 @@ from typing import Any
 import torch
 from torch import nn
 
+from detox.data.registry import dataset_facts
 from detox.errors import ConfigError, DataError
 from detox.registry import Registry
 from detox.utils.io import atomic_write_json, read_json
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 
-# Per-dataset normalisation (channel mean/std of the training split).
-NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "gtsrb": ((0.3403, 0.3121, 0.3214), (0.2724, 0.2608, 0.2669)),
-    "tiny-imagenet": ((0.4802, 0.4481, 0.3975), (0.2770, 0.2691, 0.2821)),
-}
+# Normalisation of datasets without registered facts (image folders, .npz files).
 DEFAULT_NORM = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
 
-def normalization_for(dataset: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    return NORMALIZATION.get(dataset.lower(), DEFAULT_NORM)
+def normalization_for(dataset: str | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) of ``dataset``'s training split from its registered facts
+    (:func:`detox.data.registry.dataset_facts`: any alias, or a split's name such as
+    ``tinyimagenet-train``); :data:`DEFAULT_NORM` for datasets without facts."""
+    facts = dataset_facts(dataset)
+    return (facts.mean, facts.std) if facts is not None else DEFAULT_NORM
 
 
 class Classifier(nn.Module):
@@ -75,7 +75,7 @@ def build_model(
     if width <= 0:
         raise ConfigError(f"width must be > 0, got {width}")
     if mean is None or std is None:
-        mean, std = normalization_for(dataset or "")
+        mean, std = normalization_for(dataset)
     if len(mean) != in_channels:
         mean, std = (mean[0],) * in_channels, (std[0],) * in_channels
     if seed is not None:

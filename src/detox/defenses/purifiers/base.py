@@ -86,6 +86,9 @@ class Purifier(ABC):
 
     name: ClassVar[str]
     Config: ClassVar[type]
+    #: True for a purifier whose output depends on the classifier it protects: its cache
+    #: key then needs the classifier's ``model_fingerprint`` (see :meth:`fingerprint`).
+    uses_model: ClassVar[bool] = False
 
     def __init__(self, config: Any | None = None) -> None:
         self.config = config if config is not None else make_config(self.Config)
@@ -137,22 +140,33 @@ class Purifier(ABC):
         packaged diffusion model). Called by the pipeline and ``detox purify``."""
         return self
 
-    def fingerprint(self) -> str:
-        """A digest of everything the output depends on besides the input and the seed:
-        the purifier's name, its settings (less those that never change a result) and its
-        code. Subclasses with weights add them (:meth:`_fingerprint_extra`). Keys the
+    def fingerprint(self, model_fingerprint: str | None = None) -> str:
+        """A digest of everything the output depends on besides the input, the seed and
+        the device: the purifier's name, its settings (less those that never change a
+        result), its code (:func:`~detox.utils.fingerprint.code_fingerprint` of the
+        purifier's classes: the source of their modules and of every detox module they
+        import, transitively, plus library versions), its weights
+        (:meth:`_fingerprint_extra`) and, for a purifier that :attr:`uses_model`, the
+        classifier (``model_fingerprint``, required then; ignored otherwise). Keys the
         purified-image cache of :func:`purify_all`."""
         import hashlib
-        import inspect
 
+        from detox.utils.fingerprint import code_fingerprint
+
+        if self.uses_model and not model_fingerprint:
+            raise ConfigError(
+                f"purifier {self.name!r} uses the classifier, so its cached results must be "
+                "keyed by it: pass model_fingerprint= (e.g. "
+                "detox.utils.fingerprint.state_fingerprint(model))"
+            )
         cfg = {k: v for k, v in dataclasses.asdict(self.config).items() if k not in RESULT_NEUTRAL}
         h = hashlib.sha256(self.name.encode())
         h.update(repr(sorted(cfg.items())).encode())
-        for cls in type(self).__mro__:
-            if cls is object:
-                break
-            h.update(inspect.getsource(cls).encode())
+        classes = [c for c in type(self).__mro__ if isinstance(c, type) and issubclass(c, Purifier)]
+        h.update(code_fingerprint(*classes).encode())
         h.update(self._fingerprint_extra())
+        if self.uses_model:
+            h.update(f"model:{model_fingerprint}".encode())
         return h.hexdigest()[:24]
 
     def _fingerprint_extra(self) -> bytes:
@@ -189,22 +203,26 @@ def purify_all(
     seed: int | None = None,
     desc: str | None = None,
     cache: bool = False,
+    model_fingerprint: str | None = None,
 ) -> torch.Tensor:
     """Purify a whole uint8 image set (N, C, H, W) batch by batch; returns uint8 on CPU.
 
     Image ``k`` of the set always gets the noise of position ``k``, whatever
     ``batch_size`` is.
 
-    ``cache=True`` keeps the result under ``<cache dir>/purified/`` keyed by the images,
-    the seed, the device type and :meth:`Purifier.fingerprint` (settings, code, weights),
-    written atomically: the same clean test set purified for several attacks' victims is
-    computed once.
+    ``cache=True`` keeps the result under ``<cache dir>/purified/`` keyed by
+    :func:`purified_cache_key` (the images, the seed, the device type and
+    :meth:`Purifier.fingerprint`: settings, code, weights, and the classifier's
+    ``model_fingerprint`` for a purifier that uses it), written atomically: the same clean
+    test set purified for several attacks' victims is computed once.
     """
     if not torch.is_tensor(x_uint8) or x_uint8.dtype != torch.uint8 or x_uint8.ndim != 4:
         raise ConfigError("purify_all: expected uint8 images (N, C, H, W)")
     purifier.to(device)
     if cache:
-        return _purify_cached(purifier, x_uint8, batch_size, progress, seed, desc)
+        return _purify_cached(
+            purifier, x_uint8, batch_size, progress, seed, desc, model_fingerprint
+        )
     bs = int(batch_size or purifier.batch_size)
     out = torch.empty_like(x_uint8, device="cpu")
     with tqdm(
@@ -222,6 +240,28 @@ def purify_all(
     return out
 
 
+def purified_cache_key(
+    purifier: Purifier,
+    x_uint8: torch.Tensor,
+    seed: int | None = None,
+    model_fingerprint: str | None = None,
+) -> str:
+    """The key of ``purifier``'s result on ``x_uint8`` in the purified-image cache:
+    :meth:`Purifier.fingerprint` (settings, code, weights, and ``model_fingerprint`` when
+    the purifier uses the classifier: required then), the seed (default
+    ``config.seed``), the device type (and torch's thread count on the CPU) and the
+    images."""
+    import hashlib
+
+    seed = int(getattr(purifier.config, "seed", 0) if seed is None else seed)
+    h = hashlib.sha256(purifier.fingerprint(model_fingerprint).encode())
+    # on the CPU, torch splits reductions by its thread count: results may differ by it
+    threads = torch.get_num_threads() if purifier.device.type == "cpu" else 0
+    h.update(f"{seed}|{purifier.device.type}|{threads}|{tuple(x_uint8.shape)}".encode())
+    h.update(x_uint8.contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
 def _purify_cached(
     purifier: Purifier,
     x_uint8: torch.Tensor,
@@ -229,19 +269,16 @@ def _purify_cached(
     progress: bool,
     seed: int | None,
     desc: str | None,
+    model_fingerprint: str | None,
 ) -> torch.Tensor:
-    import hashlib
-
     from safetensors.torch import load, save
 
     from detox.data.paths import cache_dir
     from detox.utils.io import atomic_write_bytes
 
     seed = int(getattr(purifier.config, "seed", 0) if seed is None else seed)
-    h = hashlib.sha256(purifier.fingerprint().encode())
-    h.update(f"{seed}|{purifier.device.type}|{tuple(x_uint8.shape)}".encode())
-    h.update(x_uint8.contiguous().cpu().numpy().tobytes())
-    path = cache_dir() / "purified" / f"{h.hexdigest()[:32]}.safetensors"
+    key = purified_cache_key(purifier, x_uint8, seed, model_fingerprint)
+    path = cache_dir() / "purified" / f"{key}.safetensors"
     if path.is_file():
         try:
             out = load(path.read_bytes())["x"]
