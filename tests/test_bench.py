@@ -522,6 +522,12 @@ def test_cold_and_warm_caches_give_identical_figures(tmp_path):
         a = json.dumps(_figures(cold[name]), sort_keys=True)
         b = json.dumps(_figures(warm[name]), sort_keys=True)
         assert a == b, name
+    # every detector's per-example scores, byte for byte
+    csvs = sorted((tmp_path / "cold" / "cells").glob("*/*_scores.csv"))
+    assert {p.name for p in csvs} == {"badloss_scores.csv", "ultraclean_scores.csv"}
+    for p in csvs:
+        twin = tmp_path / "warm" / "cells" / p.parent.name / p.name
+        assert p.read_bytes() == twin.read_bytes(), p.name
     # and the figures are real ones: BaDLoss and UltraClean scored and cut 300 examples
     det = [c for c in cold.values() if c["kind"] == "detector"]
     assert len(det) == 2 and all(c["detection"]["overall"]["n"] >= 250 for c in det)

@@ -303,6 +303,11 @@ def train(
         )
     secs = time.perf_counter() - t0
     model.eval()
+    if cfg.channels_last:
+        # hand the model back in the layout a loaded checkpoint has: a model fresh from
+        # training and the same weights from the victim cache then compute the same bytes
+        # (convolutions in another memory format round differently, ~1e-7)
+        model = model.to(memory_format=torch.contiguous_format)
     return TrainResult(model, history, secs, seen / max(secs, 1e-9))
 
 
