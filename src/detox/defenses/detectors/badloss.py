@@ -560,23 +560,19 @@ class BaDLoss(Detector):
         if traj is None:
             return {}
         out = Path(out_dir)
-        plot_trajectories(
-            traj,
-            pset.attack_id,
-            pset.attack_names,
-            out / "badloss_trajectories.png",
-            probe_traj=artifacts.get("probe_trajectories"),
-            kept_epochs=artifacts.get("kept_epochs"),
-        )
-        plot_trajectories(
-            traj,
-            pset.attack_id,
-            pset.attack_names,
-            out / "badloss_mean_trajectories.png",
-            probe_traj=artifacts.get("probe_trajectories"),
-            kept_epochs=artifacts.get("kept_epochs"),
-            center="mean",
-        )
+        for center, png in (
+            ("median", "badloss_trajectories"),
+            ("mean", "badloss_mean_trajectories"),
+        ):
+            plot_trajectories(
+                traj,
+                pset.attack_id,
+                pset.attack_names,
+                out / f"{png}.png",
+                probe_traj=artifacts.get("probe_trajectories"),
+                kept_epochs=artifacts.get("kept_epochs"),
+                center=center,
+            )
         is_poison = (pset.attack_id >= 0).numpy()
         kept = artifacts.get("kept_epochs")
         curve = auroc_by_epochs(traj, artifacts["probes"], is_poison, self.config, kept_epochs=kept)
