@@ -55,3 +55,29 @@ def test_bad_containers():
         )
     with pytest.raises(DataError, match="not a PoisonedSet"):
         PoisonedSet.load("/nonexistent-dir")
+
+
+@pytest.mark.parametrize("where", ["relative", "absolute", "symlink", "nested"])
+def test_manifest_cannot_point_outside_the_artefact(tmp_path, cifar_small, where):
+    """A shared artefact whose manifest names a file outside its folder is refused before
+    the file is read or hashed, even when that file's checksum matches."""
+    art = tmp_path / "art"
+    PoisonedSet.from_clean(cifar_small.subset(range(20))).save(art)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "y.npy").write_bytes((art / "y.npy").read_bytes())  # same bytes, same sha256
+    mf = json.loads((art / "manifest.json").read_text())
+    if where == "relative":
+        mf["arrays"]["y"]["file"] = "../elsewhere/y.npy"
+    elif where == "absolute":
+        mf["arrays"]["y"]["file"] = str(outside / "y.npy")
+    elif where == "nested":
+        (art / "sub").mkdir()
+        (art / "sub" / "y.npy").write_bytes((art / "y.npy").read_bytes())
+        mf["arrays"]["y"]["file"] = "sub/y.npy"
+    else:
+        (art / "y.npy").unlink()
+        (art / "y.npy").symlink_to(outside / "y.npy")
+    (art / "manifest.json").write_text(json.dumps(mf))
+    with pytest.raises(DataError, match="outside the artefact|plain file name"):
+        PoisonedSet.load(art)

@@ -207,8 +207,27 @@ class PoisonedSet:
                 f"{mf}: artefact version {manifest['version']} is newer than this detox ({FORMAT_VERSION})"
             )
         arrays: dict[str, torch.Tensor] = {}
+        inside = root.resolve()
         for key, e in manifest["arrays"].items():
-            f = root / e["file"]
+            name = e.get("file") if isinstance(e, dict) else None
+            # a shared artefact must never make detox read (or hash) a file outside it
+            if (
+                not isinstance(name, str)
+                or not name
+                or Path(name).name != name
+                or name in (".", "..")
+                or "\\" in name
+            ):
+                raise DataError(
+                    f"{mf}: array {key!r} names file {name!r}: expected a plain file name "
+                    "inside the artefact folder (no path, no '..')"
+                )
+            f = root / name
+            if f.resolve().parent != inside:
+                raise DataError(
+                    f"{mf}: array {key!r}: {name!r} resolves outside the artefact folder "
+                    f"({f.resolve()}); refusing to read it"
+                )
             if not f.is_file():
                 raise DataError(f"{root}: array file {e['file']} listed in the manifest is missing")
             if verify:
