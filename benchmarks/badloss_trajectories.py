@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import time
 from pathlib import Path
 
@@ -93,7 +94,7 @@ def main() -> None:
     atomic_write_json(
         out / "summary.json",
         {
-            "command": "python benchmarks/badloss_trajectories.py " + " ".join(_argv()),
+            "command": "python benchmarks/badloss_trajectories.py " + " ".join(sys.argv[1:]),
             "dataset": args.dataset,
             "suite": args.suite,
             "seed": args.seed,
@@ -111,12 +112,6 @@ def main() -> None:
     final = {k: round(v[-1], 3) for k, v in curves["per_attack_auroc_by_epochs"].items()}
     print(f"AUROC after the last epoch, per attack: {final}")
     print(f"written: {out}/summary.json")
-
-
-def _argv() -> list[str]:
-    import sys
-
-    return sys.argv[1:]
 
 
 if __name__ == "__main__":

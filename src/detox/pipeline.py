@@ -75,27 +75,14 @@ def make_poisoned_set(
 
 
 def _code_version() -> str:
-    """Digest of the code a trained model depends on: the training loop, the models and
-    every detox module they import (transitively), plus the library versions."""
+    """Digest of the code a trained model depends on: the training loop, every model module
+    and every detox module they import (transitively), plus the library versions."""
     import detox.models as models_pkg
     import detox.training as training_mod
     from detox.utils.fingerprint import code_fingerprint
 
-    modules = [models_pkg, training_mod]
-    modules += [f"detox.models.{f.stem}" for f in Path(models_pkg.__file__).parent.glob("*.py")]
-    return __version__ + ":" + code_fingerprint(*sorted(modules, key=str))[:16]
-
-
-def runtime_fingerprint(device: torch.device | str) -> dict[str, Any]:
-    """What of the machine changes a trained model's bytes: the device type, bf16
-    autocast, and on the CPU the number of torch threads (reductions are split by it)."""
-    from detox.utils.device import bf16_supported
-
-    dev = torch.device(device) if isinstance(device, str) else device
-    out: dict[str, Any] = {"device": dev.type, "bf16": bool(bf16_supported(dev))}
-    if dev.type == "cpu":
-        out["threads"] = torch.get_num_threads()
-    return out
+    models = [f"detox.models.{f.stem}" for f in Path(models_pkg.__file__).parent.glob("*.py")]
+    return __version__ + ":" + code_fingerprint(training_mod, *models)[:16]
 
 
 def victim_key(x: torch.Tensor, y: torch.Tensor, tcfg: TrainConfig, extra: Any = None) -> str:
@@ -123,6 +110,7 @@ def train_classifier(
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Train (or load from the victim cache) a classifier on uint8 images ``x``."""
     from detox.models.base import normalization_for
+    from detox.utils.fingerprint import runtime_fingerprint
 
     dev = resolve_device(device) if isinstance(device, str) else device
     key = victim_key(x, y, tcfg, (dataset, normalization_for(dataset), runtime_fingerprint(dev)))

@@ -61,6 +61,14 @@ LABEL_MODES = ("dirty", "clean")
 RATIO_OF = ("train", "target_class")
 
 
+def ratio_base(ratio_of: str | None, label_mode: str) -> str:
+    """What a ``ratio`` counts: ``ratio_of`` when set, else the target class for a
+    clean-label attack and the training set for a dirty-label one."""
+    if ratio_of is not None:
+        return ratio_of
+    return "target_class" if label_mode == "clean" else "train"
+
+
 def hp(default: Any, unit: str = "", source: str = "", help: str = "") -> Any:
     """A config field with its unit and source (paper/code) attached as metadata."""
     return dataclasses.field(
@@ -185,11 +193,8 @@ class Attack:
         return dataclasses.replace(cls.Config(), **cls.presets[preset])
 
     def ratio_base(self) -> str:
-        """What ``ratio`` counts: ``"train"`` or ``"target_class"`` (from ``ratio_of``, else
-        the label mode)."""
-        if self.config.ratio_of is not None:
-            return self.config.ratio_of
-        return "target_class" if self.label_mode == "clean" else "train"
+        """What ``ratio`` counts: ``"train"`` or ``"target_class"`` (:func:`ratio_base`)."""
+        return ratio_base(self.config.ratio_of, self.label_mode)
 
     # -- to implement: one of _trigger, stamp, affine ------------------------------------
     def _trigger(self, x: torch.Tensor, *, train: bool, generator: torch.Generator) -> torch.Tensor:

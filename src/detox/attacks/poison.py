@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from detox.attacks.base import ATTACKS, Attack
+from detox.attacks.base import ATTACKS, Attack, ratio_base
 from detox.attacks.spec import AttackSpec, parse_attacks
 from detox.attacks.targets import TargetMap, poison_count
 from detox.data.base import ImageDataset
@@ -88,9 +88,7 @@ def poison(
         clean = label_mode == "clean"
         if clean and spec.target_mode == "all2all":
             raise ConfigError(f"attack {uname!r}: a clean-label attack cannot be all-to-all")
-        ratio_of = spec.params.get("ratio_of", defaults.ratio_of) or (
-            "target_class" if clean else "train"
-        )
+        ratio_of = ratio_base(spec.params.get("ratio_of", defaults.ratio_of), label_mode)
         if ratio_of == "target_class" and not clean:
             raise ConfigError(
                 f"attack {uname!r}: ratio_of='target_class' needs a clean-label attack"

@@ -20,7 +20,7 @@ import (torch, kornia, diffusers, ...). It depends on nothing else (no paths, no
 timestamps), so it is the same in every process and on every machine with the same code.
 
 :func:`state_fingerprint` hashes a model's parameters and buffers (names, dtypes, shapes,
-bytes).
+bytes); :func:`runtime_fingerprint` names what of the machine changes computed bytes.
 """
 
 from __future__ import annotations
@@ -204,6 +204,19 @@ def code_fingerprint(*objs: Any) -> str:
         h.update(f"\0{key}\0{len(data)}\0".encode())
         h.update(data)
     return h.hexdigest()
+
+
+def runtime_fingerprint(device: torch.device | str) -> dict[str, Any]:
+    """What of the machine changes a computed result's bytes: the device type, whether
+    bf16 autocast is used there, and on the CPU the number of torch threads (reductions
+    are split by it). Part of the key of every cache of computed tensors."""
+    from detox.utils.device import bf16_supported
+
+    dev = torch.device(device) if isinstance(device, str) else device
+    out: dict[str, Any] = {"device": dev.type, "bf16": bool(bf16_supported(dev))}
+    if dev.type == "cpu":
+        out["threads"] = torch.get_num_threads()
+    return out
 
 
 def state_fingerprint(model: torch.nn.Module | Mapping[str, torch.Tensor]) -> str:

@@ -249,15 +249,16 @@ def purified_cache_key(
     """The key of ``purifier``'s result on ``x_uint8`` in the purified-image cache:
     :meth:`Purifier.fingerprint` (settings, code, weights, and ``model_fingerprint`` when
     the purifier uses the classifier: required then), the seed (default
-    ``config.seed``), the device type (and torch's thread count on the CPU) and the
-    images."""
+    ``config.seed``), the runtime (:func:`~detox.utils.fingerprint.runtime_fingerprint`:
+    device type, bf16, CPU threads) and the images."""
     import hashlib
+
+    from detox.utils.fingerprint import runtime_fingerprint
 
     seed = int(getattr(purifier.config, "seed", 0) if seed is None else seed)
     h = hashlib.sha256(purifier.fingerprint(model_fingerprint).encode())
-    # on the CPU, torch splits reductions by its thread count: results may differ by it
-    threads = torch.get_num_threads() if purifier.device.type == "cpu" else 0
-    h.update(f"{seed}|{purifier.device.type}|{threads}|{tuple(x_uint8.shape)}".encode())
+    runtime = sorted(runtime_fingerprint(purifier.device).items())
+    h.update(f"{seed}|{runtime}|{tuple(x_uint8.shape)}".encode())
     h.update(x_uint8.contiguous().cpu().numpy().tobytes())
     return h.hexdigest()[:32]
 
