@@ -78,7 +78,7 @@ def time_loop(purifier, x: torch.Tensor, loop_t2: int) -> dict[str, float]:
     with torch.inference_mode():
         for n in range(len(x)):
             xi = x[n : n + 1]
-            noise = NoiseStreams(0, [n], (c, h, w))
+            noise = NoiseStreams(0, [n], (c, h, w), xi.device)
             t0 = time.perf_counter()
             xbar, _ = purifier._stage1(xi * 2 - 1, noise)
             t1 = time.perf_counter()

@@ -144,6 +144,26 @@ def make_scheduler(
     )
 
 
+def abar_at(abar_levels: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """``abar`` at fractional ``levels`` (float64): log-linear interpolation between the
+    integer levels of ``abar_levels`` (index = level, ``abar_levels[0] = 1``)."""
+    log = abar_levels.to(torch.float64).log()
+    lv = levels.to(torch.float64).clamp(0, len(log) - 1)
+    lo = lv.floor().long().clamp_(max=len(log) - 2)
+    frac = lv - lo
+    return torch.exp(log[lo] * (1.0 - frac) + log[lo + 1] * frac)
+
+
+def levels_for_abar(abar_levels: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
+    """The fractional level whose :func:`abar_at` equals ``abar`` (the inverse map; values
+    beyond the schedule's ends are clamped to its first and last level)."""
+    nl = -abar_levels.to(torch.float64).log()  # increasing from 0
+    q = (-abar.to(torch.float64).log()).clamp(0.0, float(nl[-1]))
+    hi = torch.searchsorted(nl, q).clamp_(1, len(nl) - 1)
+    lo = hi - 1
+    return lo + (q - nl[lo]) / (nl[hi] - nl[lo])
+
+
 # ---------------------------------------------------------------------------------------
 # the model object
 
@@ -198,6 +218,23 @@ class DiffusionModel:
         t = self.meta.get("t_max")
         return int(t) if t else self.num_train_timesteps
 
+    @property
+    def continuous_time(self) -> bool:
+        """Trained on fractional levels (``meta['continuous_time']``, see
+        :mod:`detox.diffusion.presets`): valid at any noise amount in its range, so a chain
+        may follow another schedule through :meth:`timesteps_for`."""
+        return bool(self.meta.get("continuous_time", False))
+
+    @property
+    def min_abar(self) -> float:
+        """The signal fraction at the noisiest trained level (level ``t_max``)."""
+        return float(self.abar_levels[self.t_max])
+
+    def timesteps_for(self, abar: torch.Tensor) -> torch.Tensor:
+        """The (fractional, 0-based) timesteps of this model's schedule at which the noise
+        amount is ``abar``: ``level - 1`` with :func:`levels_for_abar`."""
+        return levels_for_abar(self.abar_levels, abar) - 1.0
+
     # -- network -------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
@@ -251,6 +288,7 @@ class DiffusionModel:
             "num_train_timesteps": self.num_train_timesteps,
             "prediction_type": self.prediction_type,
             "t_max": self.t_max,
+            "continuous_time": self.continuous_time,
         }
 
     def save(self, path: str | os.PathLike, extra_meta: dict[str, Any] | None = None) -> Path:

@@ -14,12 +14,26 @@ Presets (any value can be overridden again):
   attention at 16x16, 2 res-blocks, dropout 0.1, 35.7M parameters), all 1000 timesteps,
   125,000 steps of 80 images (= the authors' 200 epochs of CIFAR-10), for a GPU.
 
+* ``gpu``: the model detox ships, sized for a few minutes of one lent GPU
+  (``benchmarks/gpu/``): UNet channels (64, 128, 256), 2 res-blocks, attention at 16x16
+  and in the bottleneck, 14.7M parameters; linear schedule, *continuous* levels in
+  (0, 150] (``continuous_time``), batch 256, AdamW lr 3e-4 with 200 warm-up steps.
+
 ``t_max``: training samples timesteps uniformly from ``[0, t_max)``. SampDetox only ever
 noises an image to level ``max(t1, T2)`` and evaluates the network at timesteps
 ``< max(t1, T2)`` (120 for both the ``paper`` and ``code`` purifier presets), so a model
 trained on ``[0, 120)`` spends all its capacity where it is used. Such a model is *only*
 valid for purifier settings with ``max(t1, T2) <= t_max``; ``t_max`` is saved in
 ``detox_diffusion.json`` and the purifier refuses settings beyond it.
+
+``continuous_time``: instead of integer timesteps, sample a fractional level ``l`` uniform
+in ``(0, t_max]``, noise with ``abar(l)`` interpolated log-linearly between the schedule's
+integer levels, and condition the UNet on the fractional timestep ``l - 1`` (its
+sinusoidal embedding takes any real number). The network then knows every noise amount
+in the range, not only the schedule's 1000 grid points, so a purifier can run its chain on
+*another* schedule (the paper's cosine on a linear-trained model) by asking for the
+timestep whose ``abar`` equals its own (:meth:`DiffusionModel.timesteps_for`). The flag is
+saved in ``detox_diffusion.json``.
 """
 
 from __future__ import annotations
@@ -52,6 +66,7 @@ class DiffusionTrainConfig:
     beta_start: float = 1e-4  # first beta (linear schedule) [code]
     beta_end: float = 0.02  # last beta (linear schedule) [code]
     t_max: int | None = None  # timesteps sampled from [0, t_max); None = T [open]
+    continuous_time: bool = False  # fractional levels in (0, t_max]: any schedule [open]
     # -- optimisation --
     steps: int = 125_000  # optimiser steps; [code] 200 epochs x 625 batches of 80
     batch_size: int = 80  # images per step [code]
@@ -102,6 +117,26 @@ class DiffusionTrainConfig:
             "log_every": 50,
             "checkpoint_every": 500,
         },
+        "gpu": {
+            # what one lent GPU trains in minutes (benchmarks/gpu/): 14.7M parameters
+            # (fp16 weights 29.5 MB), continuous levels (0, 150] of the linear schedule,
+            # so one model serves the paper's cosine and the code's linear chains
+            "block_out_channels": (64, 128, 256),
+            "layers_per_block": 2,
+            "attention_resolutions": (16,),
+            "mid_attention": True,
+            "dropout": 0.0,
+            "beta_schedule": "linear",
+            "t_max": 150,
+            "continuous_time": True,
+            "steps": 6_000,
+            "batch_size": 256,
+            "lr": 3e-4,
+            "warmup_steps": 200,
+            "ema_decay": 0.999,
+            "log_every": 50,
+            "checkpoint_every": 1_000,
+        },
         "paper": {},
     }
     PRESETS["cpu"] = PRESETS["quick"]
@@ -140,6 +175,7 @@ class DiffusionTrainConfig:
             "num_train_timesteps",
             "beta_start",
             "beta_end",
+            "continuous_time",
         )
         return {k: getattr(self, k) for k in keys}
 

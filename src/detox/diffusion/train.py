@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from detox.data.base import ImageDataset
-from detox.diffusion.backend import DiffusionModel, build_unet, make_scheduler
+from detox.diffusion.backend import DiffusionModel, abar_at, build_unet, make_scheduler
 from detox.diffusion.presets import DiffusionTrainConfig
 from detox.errors import ConfigError
 from detox.utils.device import resolve_device
@@ -128,10 +128,11 @@ def train_diffusion(
 
     if out is not None and cfg.resume and (out / STATE_FILE).is_file():
         state = torch.load(out / STATE_FILE, map_location="cpu", weights_only=True)
-        if state.get("architecture") != cfg.architecture():
+        saved = {"continuous_time": False, **(state.get("architecture") or {})}
+        if saved != cfg.architecture():
             raise ConfigError(
                 f"{out / STATE_FILE}: the checkpoint's network/schedule settings "
-                f"{state.get('architecture')} differ from this run's {cfg.architecture()}; "
+                f"{saved} differ from this run's {cfg.architecture()}; "
                 "use another out_dir or resume=false"
             )
         unet.load_state_dict(state["unet"])
@@ -144,10 +145,12 @@ def train_diffusion(
         prior_seconds = float(state.get("seconds", 0.0))
 
     abar = scheduler.alphas_cumprod.to(torch.float64)
+    abar_levels = torch.cat([torch.ones(1, dtype=torch.float64), abar])
     sqrt_ab = abar.sqrt().float().to(dev)
     sqrt_1m_ab = (1 - abar).sqrt().float().to(dev)
     x_dev = x.to(dev)
     use_amp = cfg.amp and dev.type == "cuda"
+    model_meta = {"t_max": t_max, "continuous_time": bool(cfg.continuous_time)}
     meta_train = {
         "config": dataclasses.asdict(cfg),
         "dataset": getattr(dataset, "name", "tensor"),
@@ -174,7 +177,7 @@ def train_diffusion(
                 "seconds": seconds,
             },
         )
-        model = DiffusionModel(copy.deepcopy(ema).cpu(), scheduler, {"t_max": t_max})
+        model = DiffusionModel(copy.deepcopy(ema).cpu(), scheduler, dict(model_meta))
         model.save(
             out,
             {
@@ -214,14 +217,23 @@ def train_diffusion(
         pos += cfg.batch_size
         b = len(idx)
         flip = torch.rand(b, generator=gen) < 0.5 if cfg.flip else None
-        t = torch.randint(0, t_max, (b,), generator=gen)
+        if cfg.continuous_time:  # fractional level in (0, t_max], timestep = level - 1
+            lv = t_max * (1.0 - torch.rand(b, generator=gen, dtype=torch.float64))
+            ab = abar_at(abar_levels, lv)
+            t = (lv - 1.0).float()
+            coef_x = ab.sqrt().float().to(dev).view(-1, 1, 1, 1)
+            coef_n = (1.0 - ab).sqrt().float().to(dev).view(-1, 1, 1, 1)
+        else:
+            t = torch.randint(0, t_max, (b,), generator=gen)
+            coef_x = sqrt_ab[t.to(dev)].view(-1, 1, 1, 1)
+            coef_n = sqrt_1m_ab[t.to(dev)].view(-1, 1, 1, 1)
         noise = torch.randn((b, c, h, w), generator=gen).to(dev)
         x0 = x_dev[idx.to(dev)].float().div_(127.5).sub_(1.0)
         if flip is not None:
             f = flip.to(dev)[:, None, None, None]
             x0 = torch.where(f, x0.flip(3), x0)
         t_dev = t.to(dev)
-        x_t = sqrt_ab[t_dev].view(-1, 1, 1, 1) * x0 + sqrt_1m_ab[t_dev].view(-1, 1, 1, 1) * noise
+        x_t = coef_x * x0 + coef_n * noise
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
             pred = unet(x_t, t_dev).sample
         loss = F.mse_loss(pred.float(), noise)
@@ -275,7 +287,7 @@ def train_diffusion(
     model = DiffusionModel(
         ema.eval(),
         scheduler,
-        {"t_max": t_max, "trained": True, "steps": step, "final_loss": final_loss},
+        {**model_meta, "trained": True, "steps": step, "final_loss": final_loss},
         str(out) if out is not None else "trained",
     )
     return DiffusionTrainResult(

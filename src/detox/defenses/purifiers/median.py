@@ -13,7 +13,6 @@ import dataclasses
 import typing
 from typing import Any
 
-import kornia
 import torch
 
 from detox.defenses.purifiers.base import PURIFIERS, Purifier
@@ -44,4 +43,6 @@ class Median(Purifier):
 
     def _purify_batch(self, x: torch.Tensor, seed: int, start_index: int) -> torch.Tensor:
         k = int(self.config.kernel)
+        import kornia  # imported here: the rest of detox's purifiers run without it
+
         return kornia.filters.median_blur(x, (k, k))

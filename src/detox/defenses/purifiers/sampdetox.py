@@ -308,6 +308,37 @@ class SampDetox(Purifier):
                 f"sampdetox: noise level {top + cfg.noise_offset} exceeds the model's "
                 f"T = {model.num_train_timesteps}"
             )
+        abar, timesteps = self._chain_schedule(model, top)
+        if self._model is None and model.device != self.device:
+            self.device = model.device  # a model given ready on a device: run there
+        self._model = model.to(self.device)
+        self._abar = abar  # float64, CPU, index = level
+        self._timesteps = timesteps  # network timestep per level (None: level - 1)
+        return self
+
+    def _chain_schedule(self, model: Any, top: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The chains' ``abar`` per level and the network timestep of each level.
+
+        A ``continuous_time`` model (trained on fractional levels) runs the chains on the
+        schedule the settings name, evaluated at the fractional timestep of its own
+        schedule with the same noise amount; any other model runs them on its own schedule
+        (warning when the settings expect another), at timestep ``level - 1``.
+        """
+        cfg = self.config
+        if model.continuous_time and cfg.beta_schedule != "any":
+            from detox.diffusion.backend import make_scheduler
+
+            sched = make_scheduler(cfg.beta_schedule, model.num_train_timesteps)
+            betas = torch.as_tensor(sched.betas).to("cpu", torch.float64)
+            abar = torch.cat([torch.ones(1, dtype=torch.float64), torch.cumprod(1.0 - betas, 0)])
+            if float(abar[top]) < model.min_abar * (1.0 - 1e-9):
+                raise ConfigError(
+                    f"sampdetox: level {top} of the {cfg.beta_schedule!r} schedule "
+                    f"(abar {float(abar[top]):.4f}) is noisier than the diffusion model "
+                    f"{model.source!r} was trained on (abar >= {model.min_abar:.4f}); lower "
+                    "t1/T2"
+                )
+            return abar, model.timesteps_for(abar[: top + 1]).float()
         if top > model.t_max:
             raise ConfigError(
                 f"sampdetox: max(t1, T2) = {top} but the diffusion model {model.source!r} was "
@@ -325,12 +356,8 @@ class SampDetox(Purifier):
                     "(the noise levels t1/T2 then mean different noise amounts)"
                 )
                 self.warnings.append(msg)
-                warnings.warn(msg, stacklevel=2)
-        if self._model is None and model.device != self.device:
-            self.device = model.device  # a model given ready on a device: run there
-        self._model = model.to(self.device)
-        self._abar = model.abar_levels  # float64, CPU, index = level
-        return self
+                warnings.warn(msg, stacklevel=3)
+        return model.abar_levels, None
 
     def to(self, device: str | torch.device) -> SampDetox:
         super().to(device)
@@ -358,7 +385,10 @@ class SampDetox(Purifier):
 
     # -- chains ----------------------------------------------------------------------------
     def _eps(self, x: torch.Tensor, level: int) -> torch.Tensor:
-        t = torch.full((x.shape[0],), level - 1, dtype=torch.long, device=x.device)
+        if self._timesteps is None:
+            t = torch.full((x.shape[0],), level - 1, dtype=torch.long, device=x.device)
+        else:
+            t = torch.full((x.shape[0],), float(self._timesteps[level]), device=x.device)
         use_amp = self.config.amp and x.device.type == "cuda"
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=use_amp):
             return self.model.eps(x, t).float()

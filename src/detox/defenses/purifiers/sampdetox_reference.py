@@ -6,7 +6,10 @@ it calls none of ``sampdetox.py``'s functions or methods. One image at a time, i
 Python arithmetic with explicit loops over pixels:
 
 * the schedule: ``abar[k] = prod_{s < k} (1 - beta_s)`` from the diffusers scheduler's
-  betas; the network is the model's UNet, called at (0-based) timestep ``level - 1``;
+  betas; the network is the model's UNet, called at (0-based) timestep ``level - 1``
+  (a ``continuous_time`` model: the chain's betas are those of the settings' schedule,
+  and the timestep is the fractional level of the model's schedule with the same
+  ``abar``, interpolated linearly in ``log abar``, minus one);
 * stage 1: noise the whole image to level ``t1`` (``+ noise_offset``), run the reverse
   chain to level 0, clip;
 * the trigger map: per-pixel SSIM over an explicit 11 x 11 Gaussian window (sigma 1.5,
@@ -111,18 +114,45 @@ def reference_purify(purifier: Any, x: torch.Tensor, seed: int = 0, start_index:
     from detox.defenses.purifiers.sampdetox import SampDetoxOutput
 
     cfg = purifier.config
-    unet = purifier.model.unet
-    betas = [float(b) for b in purifier.model.scheduler.betas]
-    abar = [1.0]
-    for beta in betas:
-        abar.append(abar[-1] * (1.0 - beta))
+    model = purifier.model
+    unet = model.unet
+
+    def levels_of(betas_: Any) -> list[float]:
+        out = [1.0]
+        for beta in betas_:
+            out.append(out[-1] * (1.0 - float(beta)))
+        return out
+
+    model_abar = levels_of(model.scheduler.betas)
+    continuous = bool(model.meta.get("continuous_time")) and cfg.beta_schedule != "any"
+    if continuous:  # the chain follows the settings' schedule (diffusers' betas for it)
+        from detox.diffusion.backend import make_scheduler
+
+        abar = levels_of(make_scheduler(cfg.beta_schedule, len(model_abar) - 1).betas)
+    else:
+        abar = model_abar
+    # network timestep of a level: level - 1, or, for a continuous-time model, the
+    # fractional level of the model's own schedule with the same abar (linear in log abar)
+    neg_log_model = np.array([-math.log(a) for a in model_abar])
+
+    def timestep(level: int) -> float:
+        if not continuous:
+            return float(level - 1)
+        return float(
+            np.interp(-math.log(abar[level]), neg_log_model, np.arange(len(model_abar))) - 1
+        )
+
     off = int(cfg.noise_offset)
     dev = next(unet.parameters()).device
     _, c, h, w = x.shape
 
     def network(xt: np.ndarray, level: int) -> np.ndarray:
         inp = torch.from_numpy(xt).to(dev, torch.float32)[None]
-        t = torch.full((1,), level - 1, dtype=torch.long, device=dev)
+        t = (
+            torch.full((1,), timestep(level), dtype=torch.float32, device=dev)
+            if continuous
+            else torch.full((1,), level - 1, dtype=torch.long, device=dev)
+        )
         with torch.inference_mode():
             return unet(inp, t).sample[0].double().cpu().numpy()
 
