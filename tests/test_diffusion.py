@@ -143,8 +143,8 @@ def test_smoke_training_saves_loads_and_purifies(cifar_small, tmp_path):
 @pytest.mark.parametrize("dataset", ["cifar10", "gtsrb"])
 def test_shipped_models_denoise_real_test_images(dataset):
     """The diffusion models shipped in the package load without a download, carry their
-    training record, and denoise real test images: at noise level 60 (of the t < 120 they
-    were trained on) the one-step estimate of the clean image is much closer to it than
+    training record, and denoise real test images: at noise level 60 (of the levels they
+    were trained on, here 150) the one-step estimate of the clean image is much closer to it than
     the noisy input is. SampDetox picks the shipped model up by the dataset's name."""
     from pathlib import Path
 
@@ -155,7 +155,8 @@ def test_shipped_models_denoise_real_test_images(dataset):
     assert path is not None, f"no diffusion model shipped for {dataset}"
     model = load_diffusion(path)
     meta = json.loads((Path(path) / "detox_diffusion.json").read_text())
-    assert meta["trained"] and meta["steps"] >= 1000 and model.t_max == 120
+    assert meta["trained"] and meta["steps"] >= 1000 and model.t_max == 150
+    assert model.continuous_time and meta["train"]["device"] == "NVIDIA H200"
     test = load_dataset(dataset, "test")
     x0 = test.x[:64].float() / 127.5 - 1.0
     g = torch.Generator().manual_seed(0)
@@ -174,3 +175,34 @@ def test_shipped_models_denoise_real_test_images(dataset):
     assert p.config.diffusion == path
     y = purify_all(p, test.x[:4], device="cpu", progress=False, seed=0)
     assert torch.equal(y, purify_all(p, test.x[:4], device="cpu", progress=False, seed=0))
+
+
+def test_fractional_levels_interpolate_log_abar():
+    """abar at fractional levels: exact at integer levels, log-linear in between (oracle:
+    numpy's interp on log abar), and levels_for_abar inverts it."""
+    import numpy as np
+
+    from detox.diffusion.backend import abar_at, levels_for_abar
+
+    m = new_diffusion_model(block_out_channels=(16, 32), norm_num_groups=8, beta_schedule="linear")
+    lv = torch.tensor([0.0, 1.0, 2.5, 37.25, 119.9, 1000.0], dtype=torch.float64)
+    got = abar_at(m.abar_levels, lv)
+    logs = np.log(m.abar_levels.numpy())
+    want = np.exp(np.interp(lv.numpy(), np.arange(len(logs)), logs))
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-12)
+    assert float(got[1]) == float(m.abar_levels[1])
+    torch.testing.assert_close(levels_for_abar(m.abar_levels, got), lv, atol=1e-9, rtol=0)
+    torch.testing.assert_close(m.timesteps_for(m.abar_levels[:4]), torch.arange(4.0).double() - 1)
+
+
+def test_continuous_training_records_and_checks_its_mode(tmp_path):
+    """continuous_time training samples fractional levels, saves the flag with the model,
+    and a checkpoint of the other mode is refused on resume."""
+    x = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8)
+    cfg = make_train_config("smoke", steps=3, continuous_time=True, progress=False)
+    res = train_diffusion(x, cfg, device="cpu", out_dir=tmp_path / "m")
+    assert res.model.continuous_time and load_diffusion(tmp_path / "m").continuous_time
+    assert res.steps == 3 and len(res.loss_log) >= 1
+    other = make_train_config("smoke", steps=4, continuous_time=False, progress=False)
+    with pytest.raises(ConfigError, match="continuous_time"):
+        train_diffusion(x, other, device="cpu", out_dir=tmp_path / "m")

@@ -33,9 +33,10 @@ def install(src: Path, dataset: str, dest_root: Path) -> Path:
         state.update(load_file(str(shard)))
     cfg = {k: v for k, v in rec["unet_config"].items() if not k.startswith("_")}
     unet = UNet2DModel.from_config(cfg)
-    missing, unexpected = unet.load_state_dict(
-        {k: v.float() for k, v in state.items()}, strict=True
-    ), None
+    missing, unexpected = (
+        unet.load_state_dict({k: v.float() for k, v in state.items()}, strict=True),
+        None,
+    )
     del missing, unexpected
     scheduler = _scheduler_from_config(rec["scheduler_config"], str(src / "record.json"))
     train = {k: v for k, v in rec.items() if k not in ("unet_config", "scheduler_config", "meta")}

@@ -256,15 +256,16 @@ class DiffusionModel:
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.unet.parameters())
 
-    def eps(self, x_t: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
+    def eps(self, x_t: torch.Tensor, t: torch.Tensor | int, net: Any = None) -> torch.Tensor:
         """The predicted noise of ``x_t`` at timestep(s) ``t`` (0-based, ``t < T``).
 
         Models trained to predict ``sample`` (x0) or ``v_prediction`` are converted to
-        epsilon with the schedule, so every sampler works with any of the three.
+        epsilon with the schedule, so every sampler works with any of the three. ``net``
+        replaces the UNet for this call (a ``torch.compile``-d copy of it, say).
         """
         if not torch.is_tensor(t):
             t = torch.full((x_t.shape[0],), int(t), dtype=torch.long, device=x_t.device)
-        out = self.unet(x_t, t).sample.float()
+        out = (net or self.unet)(x_t, t).sample.float()
         kind = self.prediction_type
         if kind == "epsilon":
             return out
