@@ -9,6 +9,7 @@ overridden again by the user (``--set key=value`` on the command line).
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from typing import Any, TypeVar
 
@@ -72,6 +73,9 @@ def make_config(cls: type[C], preset: str | None = None, **overrides: Any) -> C:
                 f"{cls.__name__} has no setting {key!r}; valid settings: {', '.join(sorted(fields))}"
             )
         values[key] = _coerce(values[key], hints[key], key)
+        items = values[key] if isinstance(values[key], tuple) else (values[key],)
+        if any(isinstance(v, float) and not math.isfinite(v) for v in items):
+            raise ConfigError(f"{key}={values[key]!r}: expected a finite number")
     cfg = cls(**values)
     validate = getattr(cfg, "validate", None)
     if validate is not None:

@@ -19,3 +19,7 @@ class UnsafePickleError(DataError):
 
 class ConfigError(DetoxError, ValueError):
     """A parameter or configuration value is invalid."""
+
+
+class DivergedError(DetoxError):
+    """A training's loss became NaN or infinite: it stops, and nothing of it is saved."""

@@ -63,7 +63,13 @@ def make_poisoned_set(
 ) -> PoisonedSet:
     """Load the data of ``data_cfg`` and poison it with ``attacks`` (None/"" = no attack)."""
     from detox.attacks import poison
+    from detox.attacks.suites import check_suite_dataset
 
+    names = [attacks] if isinstance(attacks, str) else attacks if isinstance(attacks, list) else []
+    for token in names:
+        if isinstance(token, str):
+            for part in token.split(","):
+                check_suite_dataset(part.strip(), data_cfg.dataset)
     train_ds, test_ds = load_splits(data_cfg, data_dir)
     if not attacks:
         return PoisonedSet.from_clean(train_ds, seed=seed, test=test_ds)

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from detox.config import ConfigError
 from detox.data.base import to_float
+from detox.errors import DivergedError
 from detox.utils.device import autocast, resolve_device
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -222,6 +223,13 @@ def train(
         raise ConfigError(
             f"train: {len(x)} images and {len(y)} labels; need equal, non-zero counts"
         )
+    side = min(int(x.shape[2]), int(x.shape[3]))
+    if cfg.augment and cfg.pad_mode == "reflect" and cfg.crop_padding >= side:
+        raise ConfigError(
+            f"train: images are {x.shape[2]}x{x.shape[3]} pixels, too small for the random "
+            f"crop's reflect padding of {cfg.crop_padding}; use larger images, "
+            "crop_padding < image size, pad_mode=constant or augment=false"
+        )
     torch.manual_seed(cfg.seed)
     model = model.to(dev)
     if cfg.channels_last:
@@ -273,7 +281,14 @@ def train(
                 hook = getattr(cb, "on_batch_losses", None)
                 if hook is not None:
                     hook(epoch, idx, losses.detach())
-            tot_loss += float(loss.detach()) * len(idx)
+            lv = float(loss.detach())
+            if not math.isfinite(lv):
+                raise DivergedError(
+                    f"{desc}: the loss became {lv} at epoch {epoch + 1}, batch {i + 1} "
+                    f"(lr {cfg.lr:g}, {cfg.optimizer}); lower the learning rate. "
+                    "Nothing of this training was saved"
+                )
+            tot_loss += lv * len(idx)
             tot_correct += int((logits.argmax(1) == yb).sum())
             seen += len(idx)
             if i % 10 == 0:

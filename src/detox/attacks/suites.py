@@ -10,7 +10,44 @@ apply by image size, not by suite.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from detox.attacks.spec import SUITES, AttackSpec
+from detox.errors import ConfigError
+
+SUITE_DATASETS: dict[str, str] = {}  # suite -> the dataset its ratios and targets are for
+
+
+def _suite(name: str, dataset: str) -> Callable:
+    def register(fn: Callable) -> Callable:
+        SUITE_DATASETS[name] = dataset
+        return SUITES.register(name)(fn)
+
+    return register
+
+
+def check_suite_dataset(suite: str, dataset: str | None) -> None:
+    """Refuse a suite meant for another registered dataset (its ratios, its class counts);
+    a dataset given as a path is not checked."""
+    from detox.data.registry import dataset_facts
+
+    want = SUITE_DATASETS.get(suite)
+    facts = dataset_facts(dataset) if dataset else None
+    if want is None or facts is None:
+        return
+    want_facts = dataset_facts(want)
+    if want_facts is not None and want_facts.name != facts.name:
+        raise ConfigError(
+            f"suite {suite!r} is BaDLoss's setting for {want}, not for {dataset}; use "
+            + (
+                ", ".join(
+                    repr(k)
+                    for k, v in SUITE_DATASETS.items()
+                    if (f := dataset_facts(v)) is not None and f.name == facts.name
+                )
+                or "single attacks (--attack)"
+            )
+        )
 
 
 def _badloss(ratios: dict[str, float], sinusoid_min: int = 0) -> list[AttackSpec]:
@@ -25,7 +62,7 @@ def _badloss(ratios: dict[str, float], sinusoid_min: int = 0) -> list[AttackSpec
     ]
 
 
-@SUITES.register("badloss-cifar10")
+@_suite("badloss-cifar10", "cifar10")
 def badloss_cifar10() -> list[AttackSpec]:
     """Patch, Single-pixel, Blend-R, Blend-P (1% each), Sinusoid (10% of its target
     class), Frequency (1%)."""
@@ -41,7 +78,7 @@ def badloss_cifar10() -> list[AttackSpec]:
     )
 
 
-@SUITES.register("badloss-gtsrb")
+@_suite("badloss-gtsrb", "gtsrb")
 def badloss_gtsrb() -> list[AttackSpec]:
     """Patch 2%, Single-pixel 4%, Blend-R 1%, Blend-P 1%, Sinusoid max(10% of its target
     class, 300), Frequency 1%."""
@@ -58,7 +95,7 @@ def badloss_gtsrb() -> list[AttackSpec]:
     )
 
 
-@SUITES.register("badloss-imagenette")
+@_suite("badloss-imagenette", "imagenette")
 def badloss_imagenette() -> list[AttackSpec]:
     """Patch 5%, Blend-R 1%, Blend-P 1%, Sinusoid 10% of its target class, Frequency 1%."""
     return _badloss(
@@ -72,7 +109,7 @@ def badloss_imagenette() -> list[AttackSpec]:
     )
 
 
-@SUITES.register("badloss-imagenet")
+@_suite("badloss-imagenet", "imagenet")
 def badloss_imagenet() -> list[AttackSpec]:
     """ImageNet ratios: Patch 0.1%, Blend-R 0.05%, Blend-P 0.02%, Sinusoid 10% of its
     target class, Frequency 0.1%."""

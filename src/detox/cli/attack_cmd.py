@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from detox.cli import COMMANDS, add_common
+from detox.cli import COMMANDS, add_common, float_in, positive_int, seed_int
 
 
 def add_attack_args(p: argparse.ArgumentParser) -> None:
@@ -17,7 +17,10 @@ def add_attack_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--suite", default=None, help="named multi-attack suite, e.g. badloss-cifar10")
     p.add_argument(
-        "--ratio", type=float, default=None, help="poisoning ratio of every attack given"
+        "--ratio",
+        type=float_in(0.0, 1.0, lo_open=True),
+        default=None,
+        help="poisoning ratio of every attack given",
     )
     p.add_argument(
         "--target", default=None, help="target class of every attack given (or 'random')"
@@ -37,6 +40,10 @@ def attack_specs(args: argparse.Namespace):
             s.target = args.target
             s.__post_init__()
     if args.suite:
+        from detox.attacks.suites import check_suite_dataset
+
+        for name in args.suite.split(","):
+            check_suite_dataset(name.strip(), args.dataset)
         specs += parse_attacks(args.suite)
     return specs
 
@@ -54,7 +61,7 @@ def register_show(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("show", help="draw clean vs poisoned examples of an artefact (PNG)")
     p.add_argument("artefact", help="folder written by `detox poison`")
     p.add_argument("--out", default=None, help="PNG path (default: <artefact>/samples.png)")
-    p.add_argument("--n", type=int, default=4, help="examples per attack")
+    p.add_argument("--n", type=positive_int, default=4, help="examples per attack")
     p.add_argument(
         "--diffusion",
         default=None,
@@ -68,14 +75,14 @@ def register_show(sub: argparse._SubParsersAction) -> None:
         "artefact's dataset (see `detox data info`)",
     )
     p.add_argument("--defense-preset", default="paper", help="SampDetox preset for the figure")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.set_defaults(func=run_show)
 
 
 def run_poison(args: argparse.Namespace) -> int:
     from detox.config import asdict, parse_overrides
     from detox.pipeline import make_poisoned_set, resolve_configs
-    from detox.runs import RunDir
+    from detox.runs import check_output, output_folder
     from detox.utils.device import resolve_device
 
     specs = attack_specs(args)
@@ -87,20 +94,21 @@ def run_poison(args: argparse.Namespace) -> int:
         args.preset, args.dataset, args.seed, parse_overrides(args.overrides)
     )
     device = resolve_device(args.device)
+    check_output(args.out, [args.dataset], args.force)  # fail before the work
     pset = make_poisoned_set(dcfg, specs, args.seed, args.data_dir, device, ecfg.test_limit)
-    run = RunDir(args.out)
-    run.write_config(
-        "poison",
-        {
-            "preset": args.preset,
-            "data": asdict(dcfg),
-            "experiment": asdict(ecfg),
-            "attacks": pset.attacks,
-            "seed": args.seed,
-        },
-    )
-    pset.save(run.path)
-    run.write_summary(pset.summary())
+    with output_folder(args.out, [args.dataset], args.force) as run:
+        run.write_config(
+            "poison",
+            {
+                "preset": args.preset,
+                "data": asdict(dcfg),
+                "experiment": asdict(ecfg),
+                "attacks": pset.attacks,
+                "seed": args.seed,
+            },
+        )
+        pset.save(run.path)
+        run.write_summary(pset.summary())
     print(f"poisoned set: {pset.summary()} -> {run.path}")
     return 0
 
@@ -109,8 +117,12 @@ def run_show(args: argparse.Namespace) -> int:
     from detox.data import PoisonedSet
     from detox.plots.samples import attack_grid
 
-    pset = PoisonedSet.load(args.artefact)
     out = Path(args.out) if args.out else Path(args.artefact) / "samples.png"
+    if out.suffix.lower() != ".png" or out.is_dir():
+        from detox.errors import ConfigError
+
+        raise ConfigError(f"--out {args.out}: expected a .png file path")
+    pset = PoisonedSet.load(args.artefact)
     attack_grid(pset, out, n=args.n)
     print(f"wrote {out}")
     if args.diffusion or args.sampdetox:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from detox.cli import COMMANDS
+from detox.cli import COMMANDS, positive_int
 
 
 def add_bench_options(p: argparse.ArgumentParser, out_default: str | None = None) -> None:
@@ -47,10 +47,12 @@ def add_bench_options(p: argparse.ArgumentParser, out_default: str | None = None
         help="compute nothing: tabulate the finished cells in --out and rewrite the report",
     )
     p.add_argument("--ray-address", default=None, help="Ray cluster address (default: local)")
-    p.add_argument("--workers", type=int, default=None, help="local Ray workers (default: CPUs)")
+    p.add_argument(
+        "--workers", type=positive_int, default=None, help="local Ray workers (default: CPUs)"
+    )
     p.add_argument(
         "--threads",
-        type=int,
+        type=positive_int,
         default=None,
         help="torch threads per cell (default: all cores locally, cores / workers under Ray)",
     )

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from detox.cli import COMMANDS, add_common
+from detox.cli import COMMANDS, add_common, float_in, positive_int
 
 
 @COMMANDS.register("diffusion")
@@ -21,8 +21,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     dsub = p.add_subparsers(dest="diffusion_command", required=True, metavar="ACTION")
     t = dsub.add_parser("train", help="train a diffusion model (diffusers format)")
     t.add_argument("--dataset", default="cifar10", help="registered name or a path")
-    t.add_argument("--steps", type=int, default=None, help="optimiser steps (default: preset's)")
-    t.add_argument("--max-minutes", type=float, default=None, help="stop and save after this")
+    t.add_argument(
+        "--steps", type=positive_int, default=None, help="optimiser steps (default: preset's)"
+    )
+    t.add_argument(
+        "--max-minutes",
+        type=float_in(0.0, 1e6, lo_open=True),
+        default=None,
+        help="stop and save after this",
+    )
     add_common(t, out=True)
     t.set_defaults(func=run_train)
 
@@ -31,7 +38,7 @@ def run_train(args: argparse.Namespace) -> int:
     from detox.config import asdict, parse_overrides
     from detox.data import load_dataset
     from detox.diffusion import make_train_config, train_diffusion
-    from detox.runs import RunDir
+    from detox.runs import resumable_output
     from detox.utils.device import resolve_device
 
     over = parse_overrides(args.overrides)
@@ -43,22 +50,22 @@ def run_train(args: argparse.Namespace) -> int:
     )  # fmt: skip
     device = resolve_device(args.device)
     data = load_dataset(args.dataset, "train", data_dir=args.data_dir)
-    run = RunDir(args.out)
-    run.write_config(
-        "diffusion train",
-        {"preset": args.preset, "dataset": args.dataset, "device": str(device),
-         "diffusion": asdict(cfg), "data_source": data.meta},
-    )  # fmt: skip
-    res = train_diffusion(data, cfg, device=device, out_dir=run.path)
-    run.write_summary(
-        {
-            "steps": res.steps,
-            "final_loss": res.final_loss,
-            "seconds": round(res.seconds, 1),
-            "images_per_second": round(res.images_per_second, 1),
-            "stopped_early": res.stopped_early,
-            "loss_log": res.loss_log,
-        }
-    )
+    with resumable_output(args.out, "train_state.pt", [args.dataset], args.force) as run:
+        run.write_config(
+            "diffusion train",
+            {"preset": args.preset, "dataset": args.dataset, "device": str(device),
+             "diffusion": asdict(cfg), "data_source": data.meta},
+        )  # fmt: skip
+        res = train_diffusion(data, cfg, device=device, out_dir=run.path)
+        run.write_summary(
+            {
+                "steps": res.steps,
+                "final_loss": res.final_loss,
+                "seconds": round(res.seconds, 1),
+                "images_per_second": round(res.images_per_second, 1),
+                "stopped_early": res.stopped_early,
+                "loss_log": res.loss_log,
+            }
+        )
     print(f"diffusion model: {res.steps} steps, final loss {res.final_loss:.4f} -> {run.path}")
     return 0

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from detox.cli import COMMANDS, add_common
+from detox.cli import COMMANDS, add_common, positive_int
 
 
 @COMMANDS.register("purify")
@@ -23,23 +23,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input", required=True, help="dataset name/path or PoisonedSet folder")
     p.add_argument("--defense", default="sampdetox", help="purifier name")
     p.add_argument("--diffusion", default=None, help="diffusion model folder or hub id")
-    p.add_argument("--limit", type=int, default=None, help="purify at most this many per set")
-    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument(
+        "--limit", type=positive_int, default=None, help="purify at most this many per set"
+    )
+    p.add_argument("--batch-size", type=positive_int, default=None)
     p.add_argument("--defense-preset", default=None, help="purifier preset (default: paper)")
     add_common(p, preset=False, out=True)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
 
-    from detox.config import asdict
-    from detox.data import ImageDataset, PoisonedSet, TriggeredSet, load_dataset
-    from detox.defenses.purifiers import build_purifier, purify_all
-    from detox.runs import RunDir
+    from detox.data import PoisonedSet, load_dataset
+    from detox.defenses.purifiers import build_purifier
+    from detox.runs import check_output, output_folder
     from detox.utils.device import resolve_device
 
     device = resolve_device(args.device)
+    check_output(args.out, [args.input, args.diffusion], args.force)
     over = {"diffusion": args.diffusion} if args.diffusion else {}
     pur = build_purifier(args.defense, args.defense_preset, **over)
     if (Path(args.input) / "manifest.json").is_file():
@@ -53,7 +54,19 @@ def run(args: argparse.Namespace) -> int:
         pset = PoisonedSet.from_clean(test, seed=args.seed, test=test)
     pur.use_dataset_defaults(pset.source.get("dataset") or pset.source.get("name"))
     lim = slice(0, args.limit)
-    run_dir = RunDir(args.out)
+    with output_folder(args.out, [args.input, args.diffusion], args.force) as run_dir:
+        n_clean, n_trig = _purify(args, pur, pset, lim, device, run_dir)
+    print(f"purified {n_clean} clean and {n_trig} triggered images -> {run_dir.path}")
+    return 0
+
+
+def _purify(args, pur, pset, lim, device, run_dir) -> tuple[int, int]:
+    import torch
+
+    from detox.config import asdict
+    from detox.data import ImageDataset, PoisonedSet, TriggeredSet
+    from detox.defenses.purifiers import purify_all
+
     run_dir.write_config(
         "purify",
         {"input": str(args.input), "defense": args.defense, "purifier": asdict(pur.config),
@@ -84,7 +97,4 @@ def run(args: argparse.Namespace) -> int:
         {"n_clean": len(px), "n_triggered": {k: len(v) for k, v in triggered.items()},
          "warnings": list(getattr(pur, "warnings", []))}
     )  # fmt: skip
-    print(
-        f"purified {len(px)} clean and {sum(len(v) for v in triggered.values())} triggered images -> {run_dir.path}"
-    )
-    return 0
+    return len(px), sum(len(v) for v in triggered.values())

@@ -49,16 +49,9 @@ def defense_overrides(name: str, args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from detox.bench.tables import attack_table, write_tables
-    from detox.config import asdict, parse_overrides
-    from detox.pipeline import (
-        evaluate_backdoor,
-        make_poisoned_set,
-        resolve_configs,
-        run_defense,
-        train_victim,
-    )
-    from detox.runs import RunDir
+    from detox.config import parse_overrides
+    from detox.pipeline import resolve_configs
+    from detox.runs import output_folder
     from detox.utils.device import resolve_device
 
     specs = attack_specs(args)
@@ -68,7 +61,33 @@ def run(args: argparse.Namespace) -> int:
     tcfg.progress = not args.quiet
     device = resolve_device(args.device)
     defenses = [d.strip() for d in (args.defense or "").split(",") if d.strip()]
-    run_dir = RunDir(args.out)
+    check_defense_names(defenses)
+    with output_folder(args.out, [args.dataset, args.diffusion], args.force) as run_dir:
+        md = _run(args, specs, dcfg, tcfg, ecfg, device, defenses, run_dir)
+    print(md)
+    print(f"-> {run_dir.path}")
+    return 0
+
+
+def check_defense_names(defenses: list[str]) -> None:
+    """Unknown defense names fail before any work (the registries' own message)."""
+    from detox.defenses.detectors import DETECTORS
+    from detox.defenses.purifiers import PURIFIERS
+    from detox.errors import ConfigError
+
+    for name in defenses:
+        if name not in DETECTORS and name not in PURIFIERS:
+            known = sorted({*DETECTORS.names(), *PURIFIERS.names()})
+            raise ConfigError(
+                f"--defense {name!r}: unknown defense; expected one of {', '.join(known)}"
+            )
+
+
+def _run(args, specs, dcfg, tcfg, ecfg, device, defenses, run_dir) -> str:
+    from detox.bench.tables import attack_table, write_tables
+    from detox.config import asdict
+    from detox.pipeline import evaluate_backdoor, make_poisoned_set, run_defense, train_victim
+
     pset = make_poisoned_set(dcfg, specs, args.seed, args.data_dir, device, ecfg.test_limit)
     run_dir.write_config(
         "run",
@@ -117,6 +136,4 @@ def run(args: argparse.Namespace) -> int:
             "defenses": defense_info,
         }
     )
-    print(md)
-    print(f"-> {run_dir.path}")
-    return 0
+    return md

@@ -51,25 +51,21 @@ def read_indices(value: str, n: int) -> np.ndarray:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
 
-    from detox.config import asdict, parse_overrides
+    from detox.config import parse_overrides
     from detox.data import PoisonedSet, load_dataset
-    from detox.defenses.detectors import DetectorContext, build_detector
+    from detox.defenses.detectors import build_detector
     from detox.errors import ConfigError
-    from detox.models import load_checkpoint
     from detox.pipeline import (
-        detection_report,
-        detector_figures,
         resolve_configs,
         select_clean_probes,
-        train_classifier,
-        write_scores,
     )
-    from detox.runs import RunDir
+    from detox.runs import check_output, output_folder
     from detox.utils.device import resolve_device
 
     device = resolve_device(args.device)
+    inputs = [args.data, args.model, args.trusted]
+    check_output(args.out, inputs, args.force)
     if (Path(args.data) / "manifest.json").is_file():
         pset = PoisonedSet.load(args.data)
     else:
@@ -80,6 +76,11 @@ def run(args: argparse.Namespace) -> int:
     )
     tcfg.progress = not args.quiet
     det = build_detector(args.defense, args.defense_preset or args.preset)
+    if args.trusted and not det.needs_probes:
+        raise ConfigError(
+            f"--trusted: {args.defense} takes no trusted examples (only detectors that use "
+            "clean probes do, e.g. badloss); drop --trusted"
+        )
     has_truth = bool(pset.attacks)
     probes = None
     if det.needs_probes:
@@ -101,7 +102,30 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(
                 f"{args.defense} needs trusted clean examples: pass --trusted FILE_OR_LIST"
             )
-    run_dir = RunDir(args.out)
+    with output_folder(args.out, inputs, args.force) as run_dir:
+        summary = _scan(args, det, pset, dataset, tcfg, ecfg, probes, device, run_dir)
+    print(
+        f"{args.defense}: removed {summary['n_removed']} of {summary['n']}"
+        + (
+            f", AUROC {summary['detection']['overall']['auroc']:.4f}, "
+            f"TPR {summary['detection']['overall']['tpr']:.4f}"
+            if "detection" in summary
+            else ""
+        )
+        + f" -> {run_dir.path}"
+    )
+    return 0
+
+
+def _scan(args, det, pset, dataset, tcfg, ecfg, probes, device, run_dir) -> dict:
+    import torch
+
+    from detox.config import asdict
+    from detox.defenses.detectors import DetectorContext
+    from detox.models import load_checkpoint
+    from detox.pipeline import detection_report, detector_figures, train_classifier, write_scores
+
+    has_truth = bool(pset.attacks)
     run_dir.write_config(
         "scan",
         {
@@ -156,14 +180,4 @@ def run(args: argparse.Namespace) -> int:
         if plot is not None:
             plot(ctx.artifacts, pset, run_dir.path)
     run_dir.write_summary(summary)
-    print(
-        f"{args.defense}: removed {summary['n_removed']} of {len(pset)}"
-        + (
-            f", AUROC {summary['detection']['overall']['auroc']:.4f}, "
-            f"TPR {summary['detection']['overall']['tpr']:.4f}"
-            if has_truth
-            else ""
-        )
-        + f" -> {run_dir.path}"
-    )
-    return 0
+    return summary

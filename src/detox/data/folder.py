@@ -34,6 +34,8 @@ from detox.data.archive import (
 from detox.data.base import ImageDataset
 from detox.errors import DataError
 
+MAX_CLASSES = 100_000  # labels must lie below this (ImageNet-21k has 21,841 classes)
+
 
 def load_path(
     path: str | os.PathLike, split: str = "train", image_size: int | None = None
@@ -102,6 +104,7 @@ def load_image_folder(root: Path, split: str = "train", image_size: int | None =
         "source": str(root),
         "source_kind": "image-folder",
         "split_source": str(folder) if has_splits else f"{root} (no train/test subfolders)",
+        "separate_test_split": has_splits,
         "checksum": "unverified",
         "checksum_detail": "local image folder (no checksum)",
         "image_size": int(x.shape[1]) if x.shape[1] == x.shape[2] else list(x.shape[1:3]),
@@ -175,16 +178,26 @@ def load_npz(path: Path, split: str = "train", image_size: int | None = None) ->
         )
     if y.shape[0] != xc.shape[0]:
         raise DataError(f"{path}: {xc.shape[0]} images in '{kx}' but {y.shape[0]} labels in '{ky}'")
+    if y.size == 0:
+        raise DataError(f"{path}[{ky}]: the dataset is empty")
+    lo, hi = int(y.min()), int(y.max())
+    if lo < 0:
+        raise DataError(f"{path}[{ky}]: labels must be >= 0, got {lo}")
     if classes_arr is not None:
         if classes_arr.ndim != 1 or classes_arr.dtype.kind not in "US":
             raise DataError(f"{path}[classes]: expected a 1-D array of strings")
         classes = [c.decode() if isinstance(c, bytes) else str(c) for c in classes_arr.tolist()]
+        if hi >= len(classes):
+            raise DataError(
+                f"{path}[{ky}]: label {hi} but 'classes' names only {len(classes)} classes"
+            )
     else:
-        if y.size == 0:
-            raise DataError(f"{path}[{ky}]: the dataset is empty")
-        if int(y.min()) < 0:
-            raise DataError(f"{path}[{ky}]: labels must be >= 0, got {int(y.min())}")
-        classes = [str(i) for i in range(int(y.max()) + 1)]
+        if hi >= MAX_CLASSES:
+            raise DataError(
+                f"{path}[{ky}]: label {hi}; labels must be class indices below {MAX_CLASSES:,} "
+                "(0 .. number of classes - 1)"
+            )
+        classes = [str(i) for i in range(hi + 1)]
     xt = torch.from_numpy(xc)
     if image_size is not None and xt.shape[0] > 0:
         xt = resize_images(xt, image_size)
@@ -194,6 +207,7 @@ def load_npz(path: Path, split: str = "train", image_size: int | None = None) ->
         "source": str(path),
         "source_kind": "npz",
         "split_source": split_source,
+        "separate_test_split": kx == f"x_{split}",
         "checksum": "unverified",
         "checksum_detail": "local .npz file (no checksum)",
         "image_size": int(xt.shape[-1]),

@@ -208,7 +208,10 @@ class PoisonedSet:
             )
         arrays: dict[str, torch.Tensor] = {}
         inside = root.resolve()
-        for key, e in manifest["arrays"].items():
+        entries = manifest.get("arrays")
+        if not isinstance(entries, dict) or not entries:
+            raise DataError(f"{mf}: 'arrays' must map array names to their files")
+        for key, e in entries.items():
             name = e.get("file") if isinstance(e, dict) else None
             # a shared artefact must never make detox read (or hash) a file outside it
             if (
@@ -229,14 +232,35 @@ class PoisonedSet:
                     f"({f.resolve()}); refusing to read it"
                 )
             if not f.is_file():
-                raise DataError(f"{root}: array file {e['file']} listed in the manifest is missing")
+                raise DataError(f"{root}: array file {name} listed in the manifest is missing")
             if verify:
                 actual = sha256_file(f)
-                if actual != e["sha256"]:
+                if actual != e.get("sha256"):
                     raise DataError(
                         f"{f}: sha256 mismatch (expected {e['sha256']}, actual {actual})"
                     )
-            arrays[key] = torch.from_numpy(np.load(f, allow_pickle=False))
+            try:
+                arr = np.load(f, allow_pickle=False)
+            except (ValueError, OSError, EOFError) as err:
+                why = (
+                    "it holds pickled Python objects, which are never loaded"
+                    if "allow_pickle" in str(err) or "Object arrays" in str(err)
+                    else f"not a readable .npy file: {err}"
+                )
+                raise DataError(f"{f}: array {key!r} cannot be loaded ({why})") from err
+            if arr.dtype.kind not in "biuf":
+                raise DataError(f"{f}: array {key!r} has dtype {arr.dtype}; expected numbers")
+            arrays[key] = torch.from_numpy(arr)
+        try:
+            return cls._from_arrays(manifest, arrays)
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as err:
+            raise DataError(
+                f"{mf}: the manifest and its arrays do not form a PoisonedSet "
+                f"({type(err).__name__}: {err})"
+            ) from err
+
+    @classmethod
+    def _from_arrays(cls, manifest: dict, arrays: dict[str, torch.Tensor]) -> PoisonedSet:
         classes = list(manifest["classes"])
         test = None
         if "test_x" in arrays:

@@ -392,7 +392,31 @@ def _is_unet_dir(d: Path) -> bool:
     return data.get("_class_name") in ("UNet2DModel", None) and "block_out_channels" in data
 
 
-def _load_local(root: Path) -> DiffusionModel:
+PICKLE_ENV = "DETOX_ALLOW_PICKLE"  # "1": accept pickled (.bin/.pt) weights, weights_only
+
+
+def _pickle_allowed(allow_pickle: bool | None) -> bool:
+    if allow_pickle is None:
+        return os.environ.get(PICKLE_ENV, "") not in ("", "0")
+    return bool(allow_pickle)
+
+
+def _refuse_pickled_weights(unet_dir: Path, where: str) -> None:
+    """Only pickled weights in ``unet_dir``: refuse, naming the file and the opt-in."""
+    if any(unet_dir.glob("*.safetensors")):
+        return
+    pickled = sorted(p.name for p in unet_dir.iterdir() if p.suffix in (".bin", ".pt", ".pth"))
+    if pickled:
+        raise ConfigError(
+            f"diffusion model {where!r}: its weights ({pickled[0]}) are a pickle, which can run "
+            "code when loaded; detox loads safetensors by default. Convert them "
+            "(safetensors.torch.save_file of the state dict), or opt in with "
+            f"{PICKLE_ENV}=1 (or allow_pickle=True): they are then read with "
+            "torch.load(weights_only=True)"
+        )
+
+
+def _load_local(root: Path, allow_pickle: bool | None = None) -> DiffusionModel:
     from diffusers import UNet2DModel
 
     if not root.is_dir():
@@ -406,9 +430,14 @@ def _load_local(root: Path) -> DiffusionModel:
             f"diffusion model {str(root)!r}: no UNet2DModel config found "
             "(looked for unet/config.json and config.json)"
         )
+    pickle_ok = _pickle_allowed(allow_pickle)
+    if not pickle_ok:
+        _refuse_pickled_weights(unet_dir, str(root))
     try:
         # low_cpu_mem_usage=False: small models; no `accelerate` needed (nor its warning)
-        unet = UNet2DModel.from_pretrained(unet_dir, low_cpu_mem_usage=False)
+        unet = UNet2DModel.from_pretrained(
+            unet_dir, low_cpu_mem_usage=False, use_safetensors=None if pickle_ok else True
+        )
     except (OSError, ValueError, RuntimeError, KeyError) as e:
         raise ConfigError(f"diffusion model {str(root)!r}: cannot load the UNet: {e}") from e
     sched_cfg = next(
@@ -452,12 +481,15 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _load_hub(repo_id: str, local_files_only: bool | None) -> DiffusionModel:
+def _load_hub(
+    repo_id: str, local_files_only: bool | None, allow_pickle: bool | None = None
+) -> DiffusionModel:
     from diffusers import DDPMScheduler, UNet2DModel
 
     offline = local_files_only is None and not _hub_reachable()
     if offline:
         local_files_only = True  # only the local Hugging Face cache can help
+    safe = None if _pickle_allowed(allow_pickle) else True
     kw: dict[str, Any] = {}
     if local_files_only is not None:
         kw["local_files_only"] = local_files_only
@@ -477,7 +509,7 @@ def _load_hub(repo_id: str, local_files_only: bool | None) -> DiffusionModel:
     for sub in ("unet", None):
         try:
             unet = UNet2DModel.from_pretrained(
-                repo_id, subfolder=sub, low_cpu_mem_usage=False, **kw
+                repo_id, subfolder=sub, low_cpu_mem_usage=False, use_safetensors=safe, **kw
             )
             break
         except Exception as e:  # hub/network errors come in many types
@@ -503,6 +535,7 @@ def load_diffusion(
     source: str | os.PathLike,
     device: str | torch.device = "cpu",
     local_files_only: bool | None = None,
+    allow_pickle: bool | None = None,
 ) -> DiffusionModel:
     """Load a diffusers-format diffusion model from a local folder or a hub id.
 
@@ -511,14 +544,18 @@ def load_diffusion(
     existing path and looks like ``owner/name`` is fetched with ``from_pretrained``
     (``local_files_only=True`` never touches the network); failures raise a
     :class:`ConfigError` naming the id and asking for a local folder.
+
+    Weights are read from safetensors only: pickled ``.bin`` weights (which can run code
+    when loaded) are refused unless ``allow_pickle=True`` or ``DETOX_ALLOW_PICKLE=1``, and
+    are then read by diffusers with ``torch.load(weights_only=True)``.
     """
     from detox.utils.device import resolve_device
 
     path = Path(source).expanduser()
     if path.exists():
-        model = _load_local(path)
+        model = _load_local(path, allow_pickle)
     elif isinstance(source, str) and _HUB_ID.match(source) and not source.startswith((".", "/")):
-        model = _load_hub(source, local_files_only)
+        model = _load_hub(source, local_files_only, allow_pickle)
     else:
         raise ConfigError(
             f"diffusion model {str(source)!r}: no such folder (and not a hub id 'owner/name')"

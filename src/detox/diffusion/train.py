@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from detox.data.base import ImageDataset
 from detox.diffusion.backend import DiffusionModel, abar_at, build_unet, make_scheduler
 from detox.diffusion.presets import DiffusionTrainConfig
-from detox.errors import ConfigError
+from detox.errors import ConfigError, DivergedError
 from detox.utils.device import resolve_device
 from detox.utils.io import atomic_write_bytes
 
@@ -250,6 +250,12 @@ def train_diffusion(
         else:
             ema.load_state_dict(unet.state_dict())
         lv = float(loss.detach())
+        if not math.isfinite(lv):
+            raise DivergedError(
+                f"diffusion training: the loss became {lv} at step {step} (lr {cfg.lr:g}); "
+                "lower the learning rate. The last checkpoint (if any) is kept, this step's "
+                "weights are not saved"
+            )
         window.append(lv)
         seen += b
         smooth = lv if math.isnan(smooth) else 0.98 * smooth + 0.02 * lv

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from detox.data.registry import dataset_facts
-from detox.errors import ConfigError, DataError
+from detox.errors import ConfigError, DataError, DetoxError
 from detox.registry import Registry
 from detox.utils.io import atomic_write_json, read_json
 
@@ -125,15 +125,31 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         raise DataError(
             f"{root}: not a detox checkpoint (expected model.safetensors and model.json)"
         )
-    meta = read_json(mfile)["model"]
-    model = build_model(
-        meta["name"],
-        meta["num_classes"],
-        width=meta.get("width", 1.0),
-        in_channels=meta.get("in_channels", 3),
-        mean=meta["mean"],
-        std=meta["std"],
-        dataset=meta.get("dataset"),
-    )
-    model.load_state_dict(load_file(str(wfile)))
+    try:
+        meta = read_json(mfile)["model"]
+        model = build_model(
+            meta["name"],
+            meta["num_classes"],
+            width=meta.get("width", 1.0),
+            in_channels=meta.get("in_channels", 3),
+            mean=meta["mean"],
+            std=meta["std"],
+            dataset=meta.get("dataset"),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        if isinstance(e, DetoxError):
+            raise
+        raise DataError(f"{mfile}: not a valid model description ({type(e).__name__}: {e})") from e
+    try:
+        state = load_file(str(wfile))
+    except Exception as e:  # safetensors raises its own error type for bad headers
+        raise DataError(f"{wfile}: not a readable safetensors file ({e})") from e
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        raise DataError(
+            f"{wfile}: the weights do not fit the model {mfile} describes "
+            f"({first[1].strip() if len(first) > 1 else first[0]})"
+        ) from e
     return model.to(device).eval()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -12,12 +13,22 @@ import numpy as np
 import torch
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to a temp file beside ``path`` then rename it into place."""
+    """Write ``data`` to a temp file beside ``path`` then rename it into place.
+
+    The file gets the mode a plain ``open(path, "w")`` would give (0666 less the umask),
+    not the owner-only 0600 of the temp file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -49,8 +60,26 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"cannot serialise {type(obj).__name__} to JSON")
 
 
+def _finite(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, inf) replaced by None: JSON has no NaN."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def to_json(obj: Any) -> str:
-    return json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n"
+    """Strict JSON (``allow_nan=False``): NaN and infinities become ``null``."""
+
+    def default(o: Any) -> Any:
+        return _finite(_json_default(o))
+
+    return (
+        json.dumps(_finite(obj), indent=2, sort_keys=False, default=default, allow_nan=False) + "\n"
+    )
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
@@ -58,8 +87,14 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    """Parse a JSON file; a malformed or truncated one raises :class:`ConfigError` naming it."""
+    from detox.errors import ConfigError
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid JSON ({e})") from e
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
