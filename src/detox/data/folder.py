@@ -189,7 +189,8 @@ def load_npz(path: Path, split: str = "train", image_size: int | None = None) ->
         classes = [c.decode() if isinstance(c, bytes) else str(c) for c in classes_arr.tolist()]
         if hi >= len(classes):
             raise DataError(
-                f"{path}[{ky}]: label {hi} but 'classes' names only {len(classes)} classes"
+                f"{path}[{ky}]: label {hi} but 'classes' names only {len(classes)} classes "
+                f"(labels must lie in [0, {len(classes)}))"
             )
     else:
         if hi >= MAX_CLASSES:
