@@ -273,3 +273,25 @@ def test_output_files_follow_the_umask(umask, mode, tmp_path):
     finally:
         os.umask(old)
     assert p.stat().st_mode & 0o777 == mode
+
+
+def test_a_cleaned_set_can_be_trained_on(artefact, tmp_path, capsys):
+    """What one command writes, the next reads: the kept set of `detox scan` trains a model
+    with `detox train --dataset`, evaluated on the clean test set the artefact carries."""
+    from detox.data import PoisonedSet
+
+    scan = tmp_path / "scan"
+    rc = main(["scan", "--data", str(artefact), "--defense", "ultraclean", "--out", str(scan),
+               *SMALL])  # fmt: skip
+    assert rc == 0
+    kept = PoisonedSet.load(scan / "kept")
+    model = tmp_path / "model"
+    rc = main(["train", "--dataset", str(scan / "kept"), "--out", str(model), *SMALL,
+               "--set", "epochs=1"])  # fmt: skip
+    assert rc == 0
+    summary = json.loads((model / "summary.json").read_text())
+    assert summary["n_train"] == min(300, len(kept)) and summary["n_test"] == 60
+    assert "test_accuracy" in summary  # the artefact's own clean test set is held out
+    cfg = json.loads((model / "config.json").read_text())
+    assert cfg["data_source"]["train"]["source_kind"] == "poisoned-set"
+    assert json.loads((model / "model.json").read_text())["model"]["dataset"] == "cifar10"

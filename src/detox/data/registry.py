@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from detox.data.base import ImageDataset
-from detox.errors import ConfigError
+from detox.errors import ConfigError, DataError
 from detox.registry import Registry
 
 Loader = Callable[..., ImageDataset]
@@ -106,17 +106,42 @@ def load_dataset(
 ) -> ImageDataset:
     """Load ``split`` of dataset ``name`` as uint8 NCHW tensors.
 
-    ``name`` is a registered dataset (``detox data info`` lists them) or a path to an image
-    folder / ``.npz`` file. ``image_size`` resizes (square) where the loader supports it.
+    ``name`` is a registered dataset (``detox data info`` lists them), a path to an image
+    folder / ``.npz`` file, or a PoisonedSet artefact folder (:func:`load_artefact`: the
+    output of ``detox poison``, the kept set of ``detox scan``). ``image_size`` resizes
+    (square) where the loader supports it.
     """
     if split not in SPLITS:
         raise ConfigError(f"split {split!r}: expected one of {', '.join(SPLITS)}")
+    if name not in DATASETS and (Path(name).expanduser() / "manifest.json").is_file():
+        return load_artefact(Path(name).expanduser(), split, image_size)
     if name not in DATASETS and (Path(name).expanduser().exists() or name.endswith(".npz")):
         from detox.data.folder import load_path
 
         return load_path(Path(name).expanduser(), split=split, image_size=image_size)
     loader = DATASETS.get(name)
     return loader(split=split, data_dir=data_dir, image_size=image_size)
+
+
+def load_artefact(path: Path, split: str = "train", image_size: int | None = None) -> ImageDataset:
+    """A PoisonedSet artefact (``detox poison``, the kept set of ``detox scan``, ...) as a
+    dataset: ``train`` = its training images with the labels as trained, ``test`` = the
+    clean test set it carries. The meta keeps the source dataset's name, so models get
+    that dataset's normalisation."""
+    from detox.data.archive import resize_images
+    from detox.data.poisoned import PoisonedSet
+
+    pset = PoisonedSet.load(path)
+    meta = {**pset.source, "source": str(path), "source_kind": "poisoned-set", "split": split}
+    if split == "train":
+        x, y = pset.x, pset.y
+    elif pset.test is None:
+        raise DataError(f"{path}: the artefact carries no test set (split {split!r})")
+    else:
+        x, y = pset.test.x, pset.test.y
+    if image_size is not None and x.shape[-1] != image_size:
+        x = resize_images(x, image_size)
+    return ImageDataset(x, y, list(pset.classes), f"{path.name}-{split}", meta)
 
 
 def load_splits(cfg, data_dir: str | os.PathLike | None = None):
