@@ -28,22 +28,25 @@ from detox.errors import ConfigError
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+def tiny_model(schedule: str, continuous: bool = False, **kw):
+    """An 8x8 random-init UNet (channels 16, 32) on ``schedule``; ``continuous`` marks it as
+    trained on fractional levels."""
+    m = new_diffusion_model(
+        sample_size=8, block_out_channels=(16, 32), norm_num_groups=8, beta_schedule=schedule,
+        **kw,
+    )  # fmt: skip
+    m.meta["continuous_time"] = continuous
+    return m
+
+
 @pytest.fixture(scope="module")
 def tiny_cosine():
-    return new_diffusion_model(
-        sample_size=8, block_out_channels=(16, 32), norm_num_groups=8, beta_schedule="cosine"
-    )
+    return tiny_model("cosine")
 
 
 @pytest.fixture(scope="module")
 def tiny_linear():
-    return new_diffusion_model(
-        sample_size=8,
-        block_out_channels=(16, 32),
-        norm_num_groups=8,
-        beta_schedule="linear",
-        seed=1,
-    )
+    return tiny_model("linear", seed=1)
 
 
 @pytest.fixture(scope="module")
@@ -353,13 +356,7 @@ def test_model_checks(tiny_cosine, tiny_linear, images):
     q = build_purifier("sampdetox", "paper", model=tiny_linear, beta_schedule="any")
     assert not q.warnings
     # a model trained on [0, t_max) refuses higher levels
-    short = new_diffusion_model(
-        sample_size=8,
-        block_out_channels=(16, 32),
-        norm_num_groups=8,
-        beta_schedule="cosine",
-        t_max=60,
-    )
+    short = tiny_model("cosine", t_max=60)
     with pytest.raises(ConfigError, match="t_max|trained on timesteps"):
         build_purifier("sampdetox", "paper", model=short)
     build_purifier("sampdetox", "paper", model=short, T2=60)
@@ -393,16 +390,7 @@ def test_purified_cache(tiny_cosine, tiny_linear, images, tmp_path, monkeypatch)
 @pytest.fixture(scope="module")
 def tiny_continuous():
     """A linear-schedule model marked as trained on continuous levels (0, 150]."""
-    m = new_diffusion_model(
-        sample_size=8,
-        block_out_channels=(16, 32),
-        norm_num_groups=8,
-        beta_schedule="linear",
-        t_max=150,
-        seed=2,
-    )
-    m.meta["continuous_time"] = True
-    return m
+    return tiny_model("linear", t_max=150, seed=2, continuous=True)
 
 
 @pytest.mark.parametrize("preset,over", [("paper", {}), ("code", {}), ("paper", {"stride": 4})])
@@ -440,11 +428,7 @@ def test_continuous_model_runs_the_presets_schedule(tiny_continuous, images, pre
 def test_continuous_model_refuses_noise_beyond_its_range(images):
     """Levels are checked by noise amount: a model trained up to linear level 70 serves the
     paper's cosine T2 = 120 (the noise of linear level ~59) but not the code's linear 120."""
-    m = new_diffusion_model(
-        sample_size=8, block_out_channels=(16, 32), norm_num_groups=8, beta_schedule="linear",
-        t_max=70,
-    )  # fmt: skip
-    m.meta["continuous_time"] = True
+    m = tiny_model("linear", t_max=70, continuous=True)
     build_purifier("sampdetox", "paper", model=m)
     with pytest.raises(ConfigError, match="noisier than the diffusion model"):
         build_purifier("sampdetox", "code", model=m)
