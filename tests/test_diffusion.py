@@ -206,3 +206,17 @@ def test_continuous_training_records_and_checks_its_mode(tmp_path):
     other = make_train_config("smoke", steps=4, continuous_time=False, progress=False)
     with pytest.raises(ConfigError, match="continuous_time"):
         train_diffusion(x, other, device="cpu", out_dir=tmp_path / "m")
+
+
+def test_training_can_start_from_a_model(tmp_path):
+    """init_from: a run starts from another model's weights (the EMA too); zero steps
+    return them unchanged, and a network of another shape is refused by name."""
+    x = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8)
+    first = train_diffusion(x, make_train_config("smoke", progress=False), "cpu", tmp_path / "a")
+    cfg = make_train_config("smoke", steps=0, init_from=str(tmp_path / "a"), progress=False)
+    res = train_diffusion(x, cfg, device="cpu")
+    for k, v in first.model.unet.state_dict().items():
+        assert torch.equal(v, res.model.unet.state_dict()[k]), k
+    bad = make_train_config("smoke", init_from=str(tmp_path / "a"), block_out_channels=(8, 16))
+    with pytest.raises(ConfigError, match="init_from .* does not match"):
+        train_diffusion(x, bad, device="cpu")

@@ -58,6 +58,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=".gpudata")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--start", type=int, default=0, help="skip this many of each permutation (other images)"
+    )
     for name, (_, n) in SPLITS.items():
         ap.add_argument(f"--{name}", type=int, default=n, help=f"images (default {n})")
     args = ap.parse_args()
@@ -67,7 +70,8 @@ def main() -> None:
         n = getattr(args, name.replace("-", "_"))
         ds = load_dataset(*split)
         g = torch.Generator().manual_seed(args.seed)
-        index = torch.randperm(len(ds.x), generator=g)[:n].sort().values.numpy()
+        perm = torch.randperm(len(ds.x), generator=g)
+        index = perm[args.start : args.start + n].sort().values.numpy()
         x = ds.x[torch.from_numpy(index)].numpy()
         blob, offsets = encode(x)
         assert np.array_equal(decode(blob, offsets), x), "lossless round trip failed"

@@ -119,9 +119,10 @@ def train(
     work: Path,
     toy: bool,
     flip: bool,
+    init_from: str | None = None,
 ) -> dict:
     """Train ``name``'s model for about ``seconds`` (wall, including exports)."""
-    over = dict(seed=0, progress=False, flip=flip, checkpoint_every=10**9)
+    over = dict(seed=0, progress=False, flip=flip, checkpoint_every=10**9, init_from=init_from)
     if toy:
         over.update(
             block_out_channels=(16, 32),
@@ -374,6 +375,8 @@ def main() -> None:
     ap.add_argument("--cifar-s", type=float, default=240)
     ap.add_argument("--compile-reserve-s", type=float, default=110)
     ap.add_argument("--toy", action="store_true", help="CPU test at toy size")
+    ap.add_argument("--init-from", default=None, help="continue from this CIFAR-10 model")
+    ap.add_argument("--no-gtsrb", action="store_true", help="train the CIFAR-10 model only")
     args = ap.parse_args()
     out, work, data = Path(args.out), Path(args.work), Path(args.data)
     log(
@@ -387,7 +390,7 @@ def main() -> None:
         x_c = x_c[:256]
     log(f"data: cifar10 {tuple(x_c.shape)}, test {tuple(x_test.shape)}")
 
-    rec_c = train("cifar10", x_c, info_c, args.cifar_s, out, work, args.toy, flip=True)
+    rec_c = train("cifar10", x_c, info_c, args.cifar_s, out, work, args.toy, True, args.init_from)
     from detox.diffusion import load_diffusion
 
     model = load_diffusion(work / "cifar10", device="cuda" if torch.cuda.is_available() else "cpu")
@@ -400,7 +403,7 @@ def main() -> None:
         write_json(out / "checks.json", res)
 
     left = args.budget_s - now() - args.compile_reserve_s
-    if left > 45:
+    if left > 45 and not args.no_gtsrb:
         x_g, info_g = load_images(data, "gtsrb-train")
         if args.toy:
             x_g = x_g[:256]

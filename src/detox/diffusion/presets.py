@@ -82,6 +82,7 @@ class DiffusionTrainConfig:
     checkpoint_every: int = 2_000  # steps between checkpoints (and at the end)
     max_minutes: float = 0.0  # stop (and save) after this wall time; 0 = no limit
     resume: bool = True  # continue from out_dir/train_state.pt when it exists
+    init_from: str | None = None  # start from this diffusers model's weights (same network) [open]
     seed: int = 0  # init, batches, timesteps and noise
     progress: bool = True  # progress bar
 

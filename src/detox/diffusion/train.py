@@ -126,7 +126,20 @@ def train_diffusion(
     loss_log: list[dict[str, float]] = []
     prior_seconds = 0.0
 
-    if out is not None and cfg.resume and (out / STATE_FILE).is_file():
+    resuming = out is not None and cfg.resume and (out / STATE_FILE).is_file()
+    if cfg.init_from and not resuming:  # fine-tune: start from another model's weights
+        from detox.diffusion.backend import load_diffusion
+
+        src = load_diffusion(cfg.init_from)
+        try:
+            unet.load_state_dict(src.unet.state_dict())
+        except RuntimeError as e:
+            raise ConfigError(
+                f"init_from {cfg.init_from!r}: its UNet does not match this run's network "
+                f"settings {cfg.architecture()} ({str(e).splitlines()[0]})"
+            ) from e
+        ema.load_state_dict(src.unet.state_dict())
+    if resuming:
         state = torch.load(out / STATE_FILE, map_location="cpu", weights_only=True)
         saved = {"continuous_time": False, **(state.get("architecture") or {})}
         if saved != cfg.architecture():
