@@ -68,6 +68,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     for name, (split, _) in SPLITS.items():
         n = getattr(args, name.replace("-", "_"))
+        if n == 0:
+            continue
         ds = load_dataset(*split)
         g = torch.Generator().manual_seed(args.seed)
         perm = torch.randperm(len(ds.x), generator=g)
