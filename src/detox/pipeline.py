@@ -276,6 +276,113 @@ def detection_report(
     return out
 
 
+@dataclasses.dataclass
+class Detection:
+    """What a detector found: one score per example (higher = more suspicious), the cut,
+    the probes it was given (``protected``, never removed), the detection metrics when
+    the set carries ground truth, and the detector's own artifacts (named arrays)."""
+
+    scores: np.ndarray
+    removed: np.ndarray
+    protected: np.ndarray | None
+    report: dict[str, Any] | None
+    score_seconds: float
+    artifacts: dict[str, Any]
+
+    @property
+    def n_kept(self) -> int:
+        return int((~self.removed).sum())
+
+
+def choose_probes(
+    detector: Any, pset: PoisonedSet, seed: int, trusted: np.ndarray | None = None
+) -> np.ndarray | None:
+    """The trusted clean examples a detector is given (None when it takes none): a seeded
+    sample of ``trusted`` indices when the user vouches for some, else of the truly clean
+    examples of a set with ground truth (as the BaDLoss paper's benchmarks do)."""
+    if not detector.needs_probes:
+        return None
+    n = int(detector.config.n_probes)
+    balanced = bool(getattr(detector.config, "class_balanced_probes", False))
+    if trusted is not None:
+        from detox.defenses.probes import select_probes
+
+        return select_probes(pset.y, min(n, len(trusted)), seed, trusted=trusted,
+                             class_balanced=balanced)  # fmt: skip
+    if pset.attacks:
+        return select_clean_probes(pset, n, seed, class_balanced=balanced)
+    raise ConfigError(f"{detector.name} needs trusted clean examples: pass --trusted FILE_OR_LIST")
+
+
+def detect(
+    pset: PoisonedSet,
+    detector: Any,
+    tcfg: TrainConfig,
+    device: torch.device | str,
+    model: nn.Module | None = None,
+    probes: np.ndarray | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> Detection:
+    """Score every example of ``pset`` with ``detector`` and cut (``detox scan`` and the
+    first half of :func:`cleanse_and_retrain`)."""
+    import time
+
+    from detox.defenses.detectors import DetectorContext
+
+    if detector.needs_model and model is None:
+        raise ConfigError(f"detector {detector.name!r} needs a model trained on the poisoned set")
+    if detector.needs_probes and probes is None:
+        raise ConfigError(f"detector {detector.name!r} needs trusted clean probes")
+    ctx = DetectorContext.for_set(
+        pset,
+        model=model if detector.needs_model else None,
+        probes=probes,
+        train_config=tcfg,
+        device=torch.device(device),
+        seed=seed,
+        progress=progress,
+    )
+    t0 = time.perf_counter()
+    scores = np.asarray(detector.score(pset.as_dataset(), ctx), dtype=np.float64)
+    score_seconds = time.perf_counter() - t0
+    if scores.shape != (len(pset),):
+        raise ConfigError(
+            f"detector {detector.name!r} returned {scores.shape} scores for {len(pset)} examples"
+        )
+    removed = np.asarray(detector.cut(scores, ctx), dtype=bool)
+    protected = None
+    if probes is not None:
+        protected = np.zeros(len(pset), bool)
+        protected[np.asarray(probes, dtype=np.int64)] = True
+    report = (
+        detection_report(scores, removed, pset, protected, ctx.artifacts.get("score_parts"))
+        if pset.attacks
+        else None
+    )
+    return Detection(scores, removed, protected, report, round(score_seconds, 2), ctx.artifacts)
+
+
+def write_detection(
+    out_dir: str | os.PathLike,
+    name: str,
+    detector: Any,
+    pset: PoisonedSet,
+    found: Detection,
+    scores_file: str,
+) -> None:
+    """A detection's files: the per-example scores CSV and, with ground truth, the score
+    histogram, the ROC and the detector's own figures."""
+    out = Path(out_dir)
+    write_scores(out / scores_file, pset, found.scores, found.removed, found.protected)
+    if found.report is None:
+        return
+    detector_figures(out, name, pset, {"scores": found.scores, "removed": found.removed})
+    plot = getattr(detector, "plot_artifacts", None)
+    if plot is not None:
+        plot(found.artifacts, pset, out)
+
+
 def cleanse_and_retrain(
     pset: PoisonedSet,
     detector: Any,
@@ -290,52 +397,24 @@ def cleanse_and_retrain(
     """Score every example with ``detector``, cut, retrain from scratch on what is kept,
     and evaluate. Returns scores, the removal mask, detection metrics, the retrained
     model's evaluation and the detector's artifacts."""
-    import time
-
-    from detox.defenses.detectors import DetectorContext
-
-    ctx = DetectorContext.for_set(
-        pset,
-        model=victim if detector.needs_model else None,
-        probes=probes,
-        train_config=tcfg,
-        device=torch.device(device),
-        seed=seed,
-        progress=progress,
-    )
-    if detector.needs_model and victim is None:
-        raise ConfigError(f"detector {detector.name!r} needs a model trained on the poisoned set")
-    if detector.needs_probes and probes is None:
-        raise ConfigError(f"detector {detector.name!r} needs trusted clean probes")
-    t0 = time.perf_counter()
-    scores = np.asarray(detector.score(pset.as_dataset(), ctx), dtype=np.float64)
-    score_seconds = time.perf_counter() - t0
-    if scores.shape != (len(pset),):
-        raise ConfigError(
-            f"detector {detector.name!r} returned {scores.shape} scores for {len(pset)} examples"
-        )
-    removed = np.asarray(detector.cut(scores, ctx), dtype=bool)
-    protected = None
-    if probes is not None:
-        protected = np.zeros(len(pset), bool)
-        protected[np.asarray(probes, dtype=np.int64)] = True
-    report = detection_report(scores, removed, pset, protected, ctx.artifacts.get("score_parts"))
-    kept = pset.subset(torch.from_numpy(~removed))
+    found = detect(pset, detector, tcfg, device, victim, probes, seed, progress)
+    kept = pset.subset(torch.from_numpy(~found.removed))
     dataset = pset.source.get("dataset") or pset.source.get("name")
     model, info = train_classifier(
         kept.x, kept.y, kept.classes, tcfg, device, dataset, cache, desc="retrain"
     )
     return {
-        "scores": scores,
-        "removed": removed,
-        "protected": protected,
-        "detection": report,
-        "score_seconds": round(score_seconds, 2),
-        "n_kept": int((~removed).sum()),
+        "scores": found.scores,
+        "removed": found.removed,
+        "protected": found.protected,
+        "detection": found.report,
+        "score_seconds": found.score_seconds,
+        "n_kept": found.n_kept,
         "retrain": info,
         "evaluation": evaluate_backdoor(model, pset),
-        "artifacts": ctx.artifacts,
+        "artifacts": found.artifacts,
         "model": model,
+        "found": found,
     }
 
 
@@ -399,28 +478,11 @@ def run_defense(
 
     if name in DETECTORS:
         det = build_detector(name, preset, **(overrides or {}))
-        probes = None
-        if det.needs_probes:
-            probes = select_clean_probes(
-                pset,
-                int(det.config.n_probes),
-                seed,
-                class_balanced=bool(getattr(det.config, "class_balanced_probes", False)),
-            )
+        probes = choose_probes(det, pset, seed)
         res = cleanse_and_retrain(
             pset, det, tcfg, device, victim, probes, seed, progress=progress, cache=cache
         )
-        write_scores(
-            Path(out_dir) / f"{name}_scores.csv",
-            pset,
-            res["scores"],
-            res["removed"],
-            res["protected"],
-        )
-        detector_figures(out_dir, name, pset, res)
-        plot = getattr(det, "plot_artifacts", None)
-        if plot is not None:
-            plot(res["artifacts"], pset, Path(out_dir))
+        write_detection(out_dir, name, det, pset, res["found"], f"{name}_scores.csv")
         return {
             "kind": "detector",
             "config": asdict(det.config),

@@ -56,10 +56,7 @@ def run(args: argparse.Namespace) -> int:
     from detox.data import PoisonedSet, load_dataset
     from detox.defenses.detectors import build_detector
     from detox.errors import ConfigError
-    from detox.pipeline import (
-        resolve_configs,
-        select_clean_probes,
-    )
+    from detox.pipeline import choose_probes, resolve_configs
     from detox.runs import check_output, output_folder
     from detox.utils.device import resolve_device
 
@@ -81,27 +78,8 @@ def run(args: argparse.Namespace) -> int:
             f"--trusted: {args.defense} takes no trusted examples (only detectors that use "
             "clean probes do, e.g. badloss); drop --trusted"
         )
-    has_truth = bool(pset.attacks)
-    probes = None
-    if det.needs_probes:
-        if args.trusted:
-            from detox.defenses.probes import select_probes
-
-            trusted = read_indices(args.trusted, len(pset))
-            n = min(int(det.config.n_probes), len(trusted))
-            balanced = bool(getattr(det.config, "class_balanced_probes", False))
-            probes = select_probes(pset.y, n, args.seed, trusted=trusted, class_balanced=balanced)
-        elif has_truth:
-            probes = select_clean_probes(
-                pset,
-                int(det.config.n_probes),
-                args.seed,
-                class_balanced=bool(getattr(det.config, "class_balanced_probes", False)),
-            )
-        else:
-            raise ConfigError(
-                f"{args.defense} needs trusted clean examples: pass --trusted FILE_OR_LIST"
-            )
+    trusted = read_indices(args.trusted, len(pset)) if args.trusted else None
+    probes = choose_probes(det, pset, args.seed, trusted)
     with output_folder(args.out, inputs, args.force) as run_dir:
         summary = _scan(args, det, pset, dataset, tcfg, ecfg, probes, device, run_dir)
     print(
@@ -121,11 +99,9 @@ def _scan(args, det, pset, dataset, tcfg, ecfg, probes, device, run_dir) -> dict
     import torch
 
     from detox.config import asdict
-    from detox.defenses.detectors import DetectorContext
     from detox.models import load_checkpoint
-    from detox.pipeline import detection_report, detector_figures, train_classifier, write_scores
+    from detox.pipeline import detect, train_classifier, write_detection
 
-    has_truth = bool(pset.attacks)
     run_dir.write_config(
         "scan",
         {
@@ -148,36 +124,16 @@ def _scan(args, det, pset, dataset, tcfg, ecfg, probes, device, run_dir) -> dict
             model, model_info = train_classifier(
                 pset.x, pset.y, pset.classes, tcfg, device, dataset, ecfg.cache_victims
             )
-    ctx = DetectorContext.for_set(
-        pset,
-        model=model,
-        probes=probes,
-        train_config=tcfg,
-        device=device,
-        seed=args.seed,
-        progress=not args.quiet,
-    )
-    scores = np.asarray(det.score(pset.as_dataset(), ctx), dtype=np.float64)
-    removed = np.asarray(det.cut(scores, ctx), dtype=bool)
-    protected = None
-    if probes is not None:
-        protected = np.zeros(len(pset), bool)
-        protected[probes] = True
-    write_scores(run_dir / "scores.csv", pset, scores, removed, protected)
-    pset.subset(torch.from_numpy(~removed)).save(run_dir / "kept")
+    found = detect(pset, det, tcfg, device, model, probes, args.seed, not args.quiet)
+    write_detection(run_dir.path, args.defense, det, pset, found, "scores.csv")
+    pset.subset(torch.from_numpy(~found.removed)).save(run_dir / "kept")
     summary = {
         "n": len(pset),
-        "n_removed": int(removed.sum()),
-        "n_kept": int((~removed).sum()),
+        "n_removed": int(found.removed.sum()),
+        "n_kept": found.n_kept,
         "model": model_info,
     }
-    if has_truth:
-        summary["detection"] = detection_report(
-            scores, removed, pset, protected, ctx.artifacts.get("score_parts")
-        )
-        detector_figures(run_dir.path, args.defense, pset, {"scores": scores, "removed": removed})
-        plot = getattr(det, "plot_artifacts", None)
-        if plot is not None:
-            plot(ctx.artifacts, pset, run_dir.path)
+    if found.report is not None:
+        summary["detection"] = found.report
     run_dir.write_summary(summary)
     return summary
