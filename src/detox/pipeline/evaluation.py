@@ -1,0 +1,107 @@
+"""Evaluation: CA / PA / ASR of a model, on plain or purified test inputs."""
+
+from __future__ import annotations
+
+import os
+import typing
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from detox.config import ConfigError, asdict
+from detox.data import PoisonedSet
+from detox.metrics import attack_success_rate, clean_accuracy, poisoned_accuracy
+from detox.training import predict
+
+
+def evaluate_backdoor(
+    model: nn.Module,
+    pset: PoisonedSet,
+    transform: typing.Callable[[torch.Tensor], torch.Tensor] | None = None,
+    batch_size: int = 512,
+) -> dict[str, Any]:
+    """CA on the clean test set; ASR and PA on each attack's triggered test set.
+
+    ``transform`` maps uint8 test images to uint8 or float inputs (a purifier), applied to
+    clean and triggered images alike.
+    """
+    if pset.test is None:
+        raise ConfigError("evaluate: the poisoned set carries no test set")
+
+    def _pred(x: torch.Tensor) -> torch.Tensor:
+        if transform is not None:
+            x = transform(x)
+        return predict(model, x, batch_size)
+
+    out: dict[str, Any] = {
+        "ca": clean_accuracy(_pred(pset.test.x), pset.test.y),
+        "n_test": len(pset.test),
+        "attacks": {},
+    }
+    for name, t in pset.triggered.items():
+        p = _pred(t.x)
+        out["attacks"][name] = {
+            "asr": attack_success_rate(p, t.y_target, t.y_true),
+            "pa": poisoned_accuracy(p, t.y_true, t.y_target),
+            "n": len(t),
+        }
+    return out
+
+
+def purification_samples(
+    purifier: Any,
+    pset: PoisonedSet,
+    path: str | os.PathLike,
+    device: torch.device | str,
+    seed: int,
+) -> Path:
+    """Clean and triggered test images (4 of each, 12 at most) before and after ``purifier``."""
+    from detox.defenses.purifiers import purify_all
+    from detox.plots.purification import purification_grid
+
+    xs = [pset.test.x[:4]] + [t.x[:4] for t in pset.triggered.values()]
+    x = torch.cat(xs)[:12]
+    after = purify_all(purifier, x, device=device, seed=seed, progress=False)
+    return purification_grid(x, after, path)
+
+
+def purified_evaluation(
+    purifier: Any,
+    victim: nn.Module,
+    pset: PoisonedSet,
+    device: torch.device | str,
+    seed: int,
+    progress: bool = True,
+    cache: bool = True,
+) -> dict[str, Any]:
+    """CA on purified clean test images, PA and ASR on purified triggered ones.
+
+    With ``cache`` purified images are kept in the purified-image cache (see
+    :func:`~detox.defenses.purifiers.purify_all`): the clean test set, the same for every
+    attack of a dataset, is purified once per purifier setting and seed."""
+    import time
+
+    from detox.defenses.purifiers import purify_all
+
+    t0 = time.perf_counter()
+    n = [0]
+
+    def transform(x: torch.Tensor) -> torch.Tensor:
+        n[0] += len(x)
+        return purify_all(purifier, x, device=device, seed=seed, progress=progress, cache=cache)
+
+    hits0 = purifier.cached_images
+    ev = evaluate_backdoor(victim, pset, transform=transform)
+    secs = time.perf_counter() - t0
+    cached = purifier.cached_images - hits0
+    return {
+        "kind": "purifier",
+        "config": asdict(purifier.config),
+        "evaluation": ev,
+        "purify_seconds": round(secs, 2),
+        "images_purified": n[0] - cached,
+        "images_from_cache": cached,
+        "images_per_second": round((n[0] - cached) / max(secs, 1e-9), 3),
+    }
