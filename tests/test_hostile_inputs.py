@@ -295,3 +295,15 @@ def test_a_cleaned_set_can_be_trained_on(artefact, tmp_path, capsys):
     cfg = json.loads((model / "config.json").read_text())
     assert cfg["data_source"]["train"]["source_kind"] == "poisoned-set"
     assert json.loads((model / "model.json").read_text())["model"]["dataset"] == "cifar10"
+
+
+def test_attacks_are_not_measured_on_training_images(cifar_small, tmp_path, capsys):
+    """poison / run / bench need held-out images: a dataset without a test split is refused
+    (its "test" images would be training images)."""
+    x = cifar_small.x[:100].permute(0, 2, 3, 1).numpy()
+    np.savez(tmp_path / "one.npz", x=x, y=cifar_small.y[:100].numpy())
+    out = tmp_path / "p"
+    rc, err = run(capsys, "poison", "--dataset", str(tmp_path / "one.npz"), "--attack",
+                  "badnets", "--out", str(out), "--preset", "smoke")  # fmt: skip
+    assert rc == 2 and "one.npz: no test split" in err and "measured on training images" in err
+    assert not out.exists()

@@ -66,6 +66,12 @@ def make_poisoned_set(
             for part in token.split(","):
                 check_suite_dataset(part.strip(), data_cfg.dataset)
     train_ds, test_ds = load_splits(data_cfg, data_dir)
+    if not test_ds.meta.get("separate_test_split", True):
+        raise ConfigError(
+            f"dataset {data_cfg.dataset}: no test split (no x_test/y_test keys, no train/ and "
+            "test/ folders), so CA, PA and ASR would be measured on training images; add "
+            "held-out test images"
+        )
     if not attacks:
         return PoisonedSet.from_clean(train_ds, seed=seed, test=test_ds)
     return poison(train_ds, attacks, seed=seed, test=test_ds, device=device, test_limit=test_limit)
