@@ -46,14 +46,15 @@ def run_defense(
         res = cleanse_and_retrain(
             pset, det, tcfg, device, victim, probes, seed, progress=progress, cache=cache
         )
-        write_detection(out_dir, name, det, pset, res["found"], f"{name}_scores.csv")
+        found = res["found"]
+        write_detection(out_dir, name, det, pset, found, f"{name}_scores.csv")
         return {
             "kind": "detector",
             "config": asdict(det.config),
             "evaluation": res["evaluation"],
-            "detection": res["detection"],
-            "n_kept": res["n_kept"],
-            "score_seconds": res["score_seconds"],
+            "detection": found.report,
+            "n_kept": found.n_kept,
+            "score_seconds": found.score_seconds,
             "retrain": res["retrain"],
         }
     try:

@@ -183,8 +183,8 @@ def cleanse_and_retrain(
     cache: bool = True,
 ) -> dict[str, Any]:
     """Score every example with ``detector``, cut, retrain from scratch on what is kept,
-    and evaluate. Returns scores, the removal mask, detection metrics, the retrained
-    model's evaluation and the detector's artifacts."""
+    and evaluate. Returns ``found`` (the :class:`Detection`), the retrained ``model``, its
+    ``evaluation`` and its training record (``retrain``)."""
     found = detect(pset, detector, tcfg, device, victim, probes, seed, progress)
     kept = pset.subset(torch.from_numpy(~found.removed))
     dataset = pset.source.get("dataset") or pset.source.get("name")
@@ -192,17 +192,10 @@ def cleanse_and_retrain(
         kept.x, kept.y, kept.classes, tcfg, device, dataset, cache, desc="retrain"
     )
     return {
-        "scores": found.scores,
-        "removed": found.removed,
-        "protected": found.protected,
-        "detection": found.report,
-        "score_seconds": found.score_seconds,
-        "n_kept": found.n_kept,
+        "found": found,
+        "model": model,
         "retrain": info,
         "evaluation": evaluate_backdoor(model, pset),
-        "artifacts": found.artifacts,
-        "model": model,
-        "found": found,
     }
 
 

@@ -14,6 +14,15 @@ import torch
 
 
 def _umask() -> int:
+    """The process umask, read without changing it where Linux reports it (setting and
+    restoring it would race with other threads creating files)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
