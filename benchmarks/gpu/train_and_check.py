@@ -20,9 +20,15 @@ budget (``--budget-s``):
 4. **torch.compile** of the UNet inside the purifier (best effort, last: a compile that
    runs past the command's limit loses nothing already written).
 
+With ``--eval DIR`` (``pack_eval.py``'s victims and test images), the starting model
+(``--init-from``) and the trained one are each measured on the SampDetox table before and
+after training: every setting of ``EVAL_SETTINGS`` purifies the clean and triggered test
+images (bf16 autocast) and every victim classifies them, giving CA / PA / ASR in
+``eval.json``. ``--skip-checks`` leaves out step 2 (measured by an earlier call).
+
 Outputs under ``--out`` (at most 8 files come back): ``cifar10/`` and ``gtsrb/``
-(``unet-0000k-of-00002.safetensors`` + ``record.json``), ``checks.json``; stdout is teed
-to ``log.txt`` by device.sh.
+(``unet-0000k-of-00002.safetensors`` + ``record.json``), ``checks.json``, ``eval.json``;
+stdout is teed to ``log.txt`` by device.sh.
 """
 
 from __future__ import annotations
@@ -366,6 +372,122 @@ def compile_check(model: DiffusionModel, x: torch.Tensor, res: dict, out: Path, 
     model.unet = eager
 
 
+# (name, purifier preset, overrides): the two presets of the table, strided as on the CPU
+# and faithful (every level)
+EVAL_SETTINGS = (
+    ("paper s=5", "paper", {"stride": 5}),
+    ("code s=10", "code", {"stride": 10}),
+    ("paper s=1", "paper", {}),
+    ("code s=1", "code", {}),
+)
+
+
+def load_eval(folder: Path, device: str) -> tuple[dict, dict]:
+    """``pack_eval.py``'s images (float [0, 1] on ``device``) and victims."""
+    from detox.models import load_checkpoint
+
+    z = np.load(folder / "eval.npz", allow_pickle=False)
+    attacks = sorted(k[: -len("_y_true")] for k in z.files if k.endswith("_y_true"))
+    data = {"clean": (torch.from_numpy(z["clean_x"]), torch.from_numpy(z["clean_y"]))}
+    for a in attacks:
+        data[a] = (
+            torch.from_numpy(z[f"{a}_x"]),
+            torch.from_numpy(z[f"{a}_y_true"]),
+            torch.from_numpy(z[f"{a}_y_target"]),
+        )
+    victims = {a: load_checkpoint(folder / "victims" / a, device).eval() for a in attacks}
+    return data, victims
+
+
+def evaluate(model: DiffusionModel, data: dict, victims: dict, label: str, toy: bool) -> list[dict]:
+    """CA / PA / ASR of every victim on images purified by each of ``EVAL_SETTINGS``: the
+    clean images once per setting (as ``detox bench`` does), each attack's triggered images
+    for its victim; each set's noise is drawn from (seed 0, its own row index)."""
+    from detox.metrics import attack_success_rate, clean_accuracy, poisoned_accuracy
+    from detox.training import predict
+
+    dev = model.device
+    rows = []
+    settings = EVAL_SETTINGS[:2] if toy else EVAL_SETTINGS
+    for name, preset, kw in settings:
+        p = build_purifier("sampdetox", preset, model=model, amp=True, **kw).to(dev)
+        sync()
+        t = time.perf_counter()
+        n = 0
+        pure = {}
+        for key, val in data.items():
+            x = val[0][: 8 if toy else None].to(dev).float() / 255.0
+            pure[key] = p.purify(x, seed=0, batch_size=64 if toy else 1024)
+            n += len(x)
+        sync()
+        seconds = time.perf_counter() - t
+        for a, v in victims.items():
+            nc = len(pure["clean"])
+            ca = clean_accuracy(predict(v, pure["clean"], 1024).cpu(), data["clean"][1][:nc])
+            x, y_true, y_target = data[a]
+            m = len(pure[a])
+            pred = predict(v, pure[a], 1024).cpu()
+            rows.append(
+                {
+                    "model": label,
+                    "setting": name,
+                    "attack": a,
+                    "ca": ca,
+                    "pa": poisoned_accuracy(pred, y_true[:m], y_target[:m]),
+                    "asr": attack_success_rate(pred, y_target[:m], y_true[:m]),
+                    "n_clean": nc,
+                    "n_triggered": m,
+                    "img_per_s": n / seconds,
+                    "evals_per_image": p.describe()["network_evaluations_per_image"],
+                }
+            )
+        log(
+            f"eval {label} {name}: {n / seconds:.0f} img/s; "
+            + ", ".join(
+                f"{r['attack']} {100 * r['ca']:.1f}/{100 * r['asr']:.1f}"
+                for r in rows[-len(victims) :]
+            )
+        )
+    # the undefended victims, for the record
+    for a, v in victims.items():
+        x, y_true, y_target = data[a]
+        pc = predict(v, data["clean"][0].to(dev).float() / 255.0, 1024).cpu()
+        pt = predict(v, x.to(dev).float() / 255.0, 1024).cpu()
+        rows.append(
+            {
+                "model": label,
+                "setting": "none",
+                "attack": a,
+                "ca": clean_accuracy(pc, data["clean"][1]),
+                "pa": poisoned_accuracy(pt, y_true, y_target),
+                "asr": attack_success_rate(pt, y_target, y_true),
+                "n_clean": len(pc),
+                "n_triggered": len(pt),
+            }
+        )
+    return rows
+
+
+def run_eval(args, model_dir, label: str, out: Path, rows: list) -> None:
+    from detox.diffusion import load_diffusion
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        data, victims = load_eval(Path(args.eval), dev)
+        m = load_diffusion(model_dir, device=dev)
+        rows += evaluate(m, data, victims, label, args.toy)
+    except Exception as e:  # the model matters more than its evaluation: go on
+        log(f"eval of {label} failed: {type(e).__name__}: {e}")
+        rows.append({"model": label, "error": f"{type(e).__name__}: {e}"})
+    write_json(
+        out / "eval.json", {"device": _device_name(), "torch": torch.__version__, "rows": rows}
+    )
+
+
+def _device_name() -> str:
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default=".gpudata")
@@ -377,6 +499,8 @@ def main() -> None:
     ap.add_argument("--toy", action="store_true", help="CPU test at toy size")
     ap.add_argument("--init-from", default=None, help="continue from this CIFAR-10 model")
     ap.add_argument("--no-gtsrb", action="store_true", help="train the CIFAR-10 model only")
+    ap.add_argument("--skip-checks", action="store_true", help="no GPU speed checks")
+    ap.add_argument("--eval", default=None, help="pack_eval.py's folder: measure the models")
     args = ap.parse_args()
     out, work, data = Path(args.out), Path(args.work), Path(args.data)
     log(
@@ -384,23 +508,29 @@ def main() -> None:
         + (f" ({torch.cuda.get_device_name()})" if torch.cuda.is_available() else "")
     )
     x_c, info_c = load_images(data, "cifar10-train")
-    x_test, _ = load_images(data, "cifar10-test")
-    x_test = x_test.float() / 255.0
     if args.toy:
         x_c = x_c[:256]
-    log(f"data: cifar10 {tuple(x_c.shape)}, test {tuple(x_test.shape)}")
+    log(f"data: cifar10 {tuple(x_c.shape)}")
+    eval_rows: list = []
+    if args.eval and args.init_from:
+        run_eval(args, args.init_from, "start", out, eval_rows)
 
     rec_c = train("cifar10", x_c, info_c, args.cifar_s, out, work, args.toy, True, args.init_from)
     from detox.diffusion import load_diffusion
 
     model = load_diffusion(work / "cifar10", device="cuda" if torch.cuda.is_available() else "cpu")
-    res = {}
-    try:
-        res = checks(model, x_test, out, args.toy)
-    except Exception as e:  # the models matter more than the checks: go on
-        log(f"checks failed: {type(e).__name__}: {e}")
-        res["error"] = f"{type(e).__name__}: {e}"
-        write_json(out / "checks.json", res)
+    if args.eval:
+        run_eval(args, work / "cifar10", "trained", out, eval_rows)
+    res: dict = {}
+    if not args.skip_checks:
+        x_test, _ = load_images(data, "cifar10-test")
+        x_test = x_test.float() / 255.0
+        try:
+            res = checks(model, x_test, out, args.toy)
+        except Exception as e:  # the models matter more than the checks: go on
+            log(f"checks failed: {type(e).__name__}: {e}")
+            res["error"] = f"{type(e).__name__}: {e}"
+            write_json(out / "checks.json", res)
 
     left = args.budget_s - now() - args.compile_reserve_s
     if left > 45 and not args.no_gtsrb:
