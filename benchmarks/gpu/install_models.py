@@ -47,6 +47,14 @@ def install(src: Path, dataset: str, dest_root: Path) -> Path:
     }
     model = DiffusionModel(unet.half(), scheduler, dict(rec["meta"]), str(src))
     dest = dest_root / f"ddpm-{dataset}-32"
+    if rec.get("config", {}).get("init_from"):
+        # a continued training: keep the record of the run it started from (the model in
+        # ``dest`` is the one it was initialised with; the device call carried it)
+        prev = json.loads((dest / "detox_diffusion.json").read_text())
+        train["continued_from"] = {"train": prev["train"], "loss_log": prev.get("loss_log", [])}
+        train["total_steps"] = rec["steps"] + prev["train"].get(
+            "total_steps", prev["train"]["steps"]
+        )
     if dest.exists():
         shutil.rmtree(dest)
     save_diffusion(model, dest, {"train": train, "loss_log": rec.get("loss_log", [])})
