@@ -221,7 +221,7 @@ class _ModelProbe(Purifier):
     """A purifier whose output depends on the classifier (none ships yet)."""
 
     name = "model-probe"
-    uses_model = True
+    needs_model = True
 
     @dataclasses.dataclass
     class Config:

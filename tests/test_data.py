@@ -18,9 +18,10 @@ import pytest
 import torch
 from PIL import Image
 
-from detox.data import archive, load_dataset
-from detox.data.archive import Checksum, MissingDataError, Resource, resize_images
+from detox.data import fetch, images, load_dataset
 from detox.data.cifar10 import MEMBER_MD5
+from detox.data.fetch import Checksum, MissingDataError, Resource
+from detox.data.images import resize_images
 from detox.data.info import dataset_info, format_info
 from detox.data.safe_pickle import safe_load, safe_loads
 from detox.errors import ChecksumError, ConfigError, DataError, UnsafePickleError
@@ -220,7 +221,7 @@ def test_extraction_atomic_and_stale_tmp_ignored(tmp_path, tmp_cache, monkeypatc
     data = tmp_path / "data"
     data.mkdir()
     _demo_tar(data / "demo.tar.gz")
-    sha = archive.file_digest(data / "demo.tar.gz", memo=False)
+    sha = fetch.file_digest(data / "demo.tar.gz", memo=False)
     parent = tmp_cache / "extracted"
     parent.mkdir(parents=True)
     # what a SIGKILLed extraction leaves behind: a temp folder of a dead process
@@ -230,19 +231,19 @@ def test_extraction_atomic_and_stale_tmp_ignored(tmp_path, tmp_cache, monkeypatc
     os.utime(stale, (1e9, 1e9))  # an old one
 
     # an extraction interrupted mid-way (Ctrl-C) leaves nothing
-    real_unpack = archive.unpack
+    real_unpack = fetch.unpack
 
     def interrupted(src, dest):
         real_unpack(src, dest)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(archive, "unpack", interrupted)
+    monkeypatch.setattr(fetch, "unpack", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        archive.fetch(_res(), data)
+        fetch.fetch(_res(), data)
     assert _extracted_left(tmp_cache) == []  # the stale folder was cleaned up too
-    monkeypatch.setattr(archive, "unpack", real_unpack)
+    monkeypatch.setattr(fetch, "unpack", real_unpack)
 
-    loc = archive.fetch(_res(), data)
+    loc = fetch.fetch(_res(), data)
     assert loc.root == parent / f"demo-{sha[:12]}" / "demo"
     assert (loc.root / "hello.txt").read_text() == "hi"
     assert loc.checksum == "unverified" and loc.kind == "archive"
@@ -258,7 +259,7 @@ def test_extraction_validation_failure_leaves_nothing(tmp_path, tmp_cache):
         raise ChecksumError(f"{root}/hello.txt: md5 checksum mismatch")
 
     with pytest.raises(ChecksumError):
-        archive.fetch(_res(validate=validate), data)
+        fetch.fetch(_res(validate=validate), data)
     assert _extracted_left(tmp_cache) == []
 
 
@@ -267,7 +268,7 @@ def test_tar_path_traversal_refused(tmp_path, tmp_cache):
     data.mkdir()
     _demo_tar(data / "demo.tar.gz", {"../../evil.txt": b"x", "/abs_evil.txt": b"x"})
     with pytest.raises(DataError, match="unsafe"):
-        archive.fetch(_res(), data)
+        fetch.fetch(_res(), data)
     assert not (tmp_path / "evil.txt").exists() and not (tmp_cache / "evil.txt").exists()
     assert _extracted_left(tmp_cache) == []
 
@@ -279,7 +280,7 @@ def test_zip_path_traversal_refused(tmp_path, tmp_cache):
         zf.writestr("demo/hello.txt", "hi")
         zf.writestr("../evil.txt", "x")
     with pytest.raises(DataError, match="refused"):
-        archive.fetch(_res(), data)
+        fetch.fetch(_res(), data)
     assert _extracted_left(tmp_cache) == []
 
 
@@ -287,7 +288,7 @@ def test_known_checksum_mismatch_names_file_expected_actual(tmp_path):
     f = tmp_path / "file.bin"
     f.write_bytes(b"abc")
     with pytest.raises(ChecksumError) as e:
-        archive.verify_file(f, Checksum("md5", "0" * 32), memo=False)
+        fetch.verify_file(f, Checksum("md5", "0" * 32), memo=False)
     msg = str(e.value)
     assert str(f) in msg and "0" * 32 in msg and "900150983cd24fb0d6963f7d28e17f72" in msg
 
@@ -301,21 +302,21 @@ class _FakeResponse(io.BytesIO):
 def test_download_path_without_network(tmp_path, tmp_cache, monkeypatch):
     """Download, verify and extract with a fake urlopen; a bad download is not kept."""
     payload = _demo_tar(tmp_path / "src.tar.gz").read_bytes()
-    md5 = archive.file_digest(tmp_path / "src.tar.gz", "md5", memo=False)
+    md5 = fetch.file_digest(tmp_path / "src.tar.gz", "md5", memo=False)
     monkeypatch.delenv("DETOX_OFFLINE")
     monkeypatch.setattr(
-        archive.urllib.request, "urlopen", lambda req, timeout: _FakeResponse(payload)
+        fetch.urllib.request, "urlopen", lambda req, timeout: _FakeResponse(payload)
     )
     data = tmp_path / "data"
     res = _res()
     res.archives = {"demo.tar.gz": Checksum("md5", md5)}
-    loc = archive.fetch(res, data)
+    loc = fetch.fetch(res, data)
     assert loc.kind == "download" and loc.checksum == "verified"
     assert (data / "demo.tar.gz").is_file() and (loc.root / "hello.txt").is_file()
 
     res.archives = {"demo.tar.gz": Checksum("md5", "1" * 32)}
     with pytest.raises(ChecksumError, match="1" * 32):
-        archive.download(res.url, tmp_path / "dl" / "demo.tar.gz", res.download_checksum)
+        fetch.download(res.url, tmp_path / "dl" / "demo.tar.gz", res.download_checksum)
     assert not (tmp_path / "dl" / "demo.tar.gz").exists()
     assert [p.name for p in (tmp_path / "dl").iterdir()] == []
 
@@ -344,7 +345,7 @@ def test_missing_data_download_fails_fast(tmp_path, monkeypatch):
 
     monkeypatch.delenv("DETOX_OFFLINE")
     monkeypatch.setenv("DETOX_DATA_DIR", str(tmp_path / "nothing"))
-    monkeypatch.setattr(archive.urllib.request, "urlopen", no_network)
+    monkeypatch.setattr(fetch.urllib.request, "urlopen", no_network)
     with pytest.raises(MissingDataError) as e:
         load_dataset("cifar10", "test")
     assert not (tmp_path / "nothing").exists()  # a failed download creates nothing
@@ -640,7 +641,7 @@ def test_resize_images_float_fallback(monkeypatch):
 
     x = torch.randint(0, 256, (7, 3, 32, 32), dtype=torch.uint8)
     fast = resize_images(x, 12, batch_size=3)
-    monkeypatch.setattr(archive.F, "interpolate", no_uint8)
+    monkeypatch.setattr(images.F, "interpolate", no_uint8)
     slow = resize_images(x, 12, batch_size=3)
     assert slow.dtype == torch.uint8 and slow.shape == (7, 3, 12, 12)
     assert int((fast.int() - slow.int()).abs().max()) <= 1

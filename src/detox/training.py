@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from detox.config import ConfigError
+from detox.config import ConfigError, hp
 from detox.data.base import to_float
 from detox.errors import DivergedError
 from detox.utils.device import autocast, resolve_device
@@ -40,31 +40,51 @@ class TrainConfig:
     (METHODS.md section 4: PreAct-ResNet18, SGD 0.01, momentum 0.9, wd 5e-4, cosine, 100
     epochs, batch 128); the ``quick`` preset is the CPU recipe of CALIBRATION.md."""
 
-    model: str = "preact-resnet18"  # registered model name
-    width: float = 1.0  # channel multiplier (0.25 = 16 base channels)
-    epochs: int = 100  # epochs trained
-    schedule_epochs: int | None = None  # epochs the LR schedule spans; None = epochs
-    batch_size: int = 128  # images per step
-    optimizer: str = "sgd"  # sgd | adamw
-    lr: float = 0.01  # peak learning rate
-    momentum: float = 0.9  # SGD momentum
-    nesterov: bool = False  # SGD Nesterov momentum
-    weight_decay: float = 5e-4  # L2 / decoupled weight decay
-    schedule: str = "cosine"  # onecycle | cosine | step | constant
-    warmup_epochs: float = 0.0  # linear warm-up (cosine/step), epochs
-    onecycle_pct: float = 0.25  # fraction of the schedule rising to the peak (onecycle)
-    step_milestones: tuple[float, ...] = (0.5, 0.75)  # fractions of the schedule (step)
-    step_gamma: float = 0.1  # LR factor at each milestone (step)
-    label_smoothing: float = 0.0  # cross-entropy label smoothing
-    augment: bool = True  # random crop + flip
-    crop_padding: int = 4  # pixels of padding for the random crop
-    pad_mode: str = "reflect"  # reflect | constant (zero) padding for the crop
-    flip: bool = True  # random horizontal flip
-    amp: bool = True  # bf16 autocast on CUDA and on CPUs with bf16 units (AVX-512 BF16/AMX)
-    channels_last: bool = True  # memory format
-    eval_batch_size: int = 512  # images per inference batch
-    seed: int = 0  # model init, shuffling and augmentation
-    progress: bool = True  # show progress bars
+    model: str = hp("preact-resnet18", "model name", help="registered model name")
+    width: float = hp(1.0, "channel multiplier", help="0.25 = 16 base channels", range="(0, inf)")
+    epochs: int = hp(100, "epochs", help="epochs trained", range="[0, inf)")
+    schedule_epochs: int | None = hp(
+        None, "epochs", help="epochs the LR schedule spans; None = epochs", range="[0, inf)"
+    )
+    batch_size: int = hp(128, "images per step", range="[1, inf)")
+    optimizer: str = hp("sgd", "sgd | adamw", choices=OPTIMIZERS)
+    lr: float = hp(0.01, "learning rate", help="peak learning rate", range="(0, inf)")
+    momentum: float = hp(0.9, "factor", help="SGD momentum", range="[0, 1]")
+    nesterov: bool = hp(False, help="SGD Nesterov momentum")
+    weight_decay: float = hp(5e-4, "factor", help="L2 / decoupled weight decay", range="[0, inf)")
+    schedule: str = hp("cosine", "onecycle | cosine | step | constant", choices=SCHEDULES)
+    warmup_epochs: float = hp(0.0, "epochs", help="linear warm-up (cosine/step)", range="[0, inf)")
+    onecycle_pct: float = hp(
+        0.25,
+        "fraction of the schedule",
+        help="fraction of the schedule rising to the peak (onecycle)",
+        range="[0, 1]",
+    )
+    step_milestones: tuple[float, ...] = hp(
+        (0.5, 0.75), "fractions of the schedule", help="LR steps (step)", range="[0, 1]"
+    )
+    step_gamma: float = hp(
+        0.1, "factor", help="LR factor at each milestone (step)", range="(0, inf)"
+    )
+    label_smoothing: float = hp(
+        0.0, "fraction", help="cross-entropy label smoothing", range="[0, 1]"
+    )
+    augment: bool = hp(True, help="random crop + flip")
+    crop_padding: int = hp(4, "pixels", help="padding for the random crop", range="[0, inf)")
+    pad_mode: str = hp(
+        "reflect",
+        "reflect | constant",
+        help="padding for the crop (constant: zero)",
+        choices=("reflect", "constant"),
+    )
+    flip: bool = hp(True, help="random horizontal flip")
+    amp: bool = hp(
+        True, help="bf16 autocast on CUDA and on CPUs with bf16 units (AVX-512 BF16/AMX)"
+    )
+    channels_last: bool = hp(True, help="channels_last memory format")
+    eval_batch_size: int = hp(512, "images per inference batch", range="[1, inf)")
+    seed: int = hp(0, "seed", help="model init, shuffling and augmentation")
+    progress: bool = hp(True, help="show progress bars")
 
     PRESETS: typing.ClassVar[dict[str, dict[str, Any]]] = {
         "smoke": {
@@ -92,16 +112,11 @@ class TrainConfig:
     }
 
     def validate(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"optimizer {self.optimizer!r}: expected one of {OPTIMIZERS}")
-        if self.schedule not in SCHEDULES:
-            raise ConfigError(f"schedule {self.schedule!r}: expected one of {SCHEDULES}")
-        if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
-            raise ConfigError("epochs must be >= 0, batch_size >= 1 and lr > 0")
-        if self.pad_mode not in ("reflect", "constant"):
-            raise ConfigError(f"pad_mode {self.pad_mode!r}: expected reflect or constant")
+        """Checks across fields (each field's range and choices: :func:`check_fields`)."""
         if self.schedule_epochs is not None and self.schedule_epochs < self.epochs:
-            raise ConfigError("schedule_epochs must be >= epochs")
+            raise ConfigError(
+                f"schedule_epochs={self.schedule_epochs}: expected >= epochs ({self.epochs})"
+            )
 
 
 class TrainCallback(typing.Protocol):
@@ -194,6 +209,34 @@ def lr_factor(cfg: TrainConfig, step: int, total: int, steps_per_epoch: int) -> 
 # training
 
 
+class TrainHook:
+    """What a training-controlled attack (Input-aware: its trigger generator trains with
+    the classifier) or a training-time defense passes to :func:`train` as a callback. Every
+    method is optional for :func:`train`; this base class documents them and does nothing.
+
+    * ``on_batch(epoch, idx, xb, yb) -> (xb, yb)``: the augmented float batch and its labels
+      (``idx``: the examples' positions in the training set) before the forward pass; it
+      may replace images and labels (same batch size), with gradients flowing into the
+      hook's own parameters.
+    * ``on_loss(epoch, logits, yb, loss) -> loss``: the batch's mean loss, to add terms to.
+    * ``on_step(epoch)``: after the classifier's optimiser step (the hook steps its own).
+    * ``state_dict()`` / ``load_state_dict()``: what the hook learned (kept with the victim
+      in the cache), and ``fingerprint()``: everything its behaviour depends on (keys the
+      victim cache).
+    """
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        pass
+
+    def fingerprint(self) -> str:
+        from detox.utils.fingerprint import code_fingerprint
+
+        return f"{type(self).__name__}:{code_fingerprint(type(self))}"
+
+
 def _log(msg: str, progress: bool) -> None:
     if progress:
         tqdm.write(msg)
@@ -212,9 +255,43 @@ def train(
     """Train ``model`` on uint8 images ``x`` (N,C,H,W) and labels ``y``.
 
     ``eval_data`` (uint8 images, labels) is evaluated after each epoch and logged.
+    ``callbacks`` are objects with any of these methods (see :class:`TrainHook`):
+    ``on_batch`` (shape each batch before the forward pass: a training-controlled attack),
+    ``on_loss`` (add to the batch's loss), ``on_step`` (after the optimiser's step),
+    ``on_batch_losses`` (per-example losses: BaDLoss, ABL) and ``on_epoch_end``.
     Returns the model (on ``device``), the per-epoch history and the wall time.
     """
-    dev = resolve_device(device)
+    _check_inputs(x, y, cfg)
+    loop = _Loop.start(model, x, y, cfg, resolve_device(device), callbacks, desc)
+    history: list[dict[str, float]] = []
+    t0 = time.perf_counter()
+    for epoch in range(cfg.epochs):
+        rec = loop.epoch(epoch)
+        if eval_data is not None:
+            rec["test_acc"] = accuracy(loop.model, *eval_data, batch_size=cfg.eval_batch_size)
+        for cb in callbacks:
+            hook = getattr(cb, "on_epoch_end", None)
+            if hook is not None:
+                hook(epoch, loop.model)
+        history.append(rec)
+        _log(
+            f"{desc} epoch {epoch + 1}/{cfg.epochs} loss {rec['loss']:.4f} "
+            f"train_acc {rec['train_acc']:.4f}"
+            + (f" test_acc {rec['test_acc']:.4f}" if "test_acc" in rec else "")
+            + f" ({rec['seconds']:.1f}s)",
+            cfg.progress,
+        )
+    secs = time.perf_counter() - t0
+    model = loop.model.eval()
+    if cfg.channels_last:
+        # hand the model back in the layout a loaded checkpoint has: a model fresh from
+        # training and the same weights from the victim cache then compute the same bytes
+        # (convolutions in another memory format round differently, ~1e-7)
+        model = model.to(memory_format=torch.contiguous_format)
+    return TrainResult(model, history, secs, loop.seen / max(secs, 1e-9))
+
+
+def _check_inputs(x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig) -> None:
     if x.dtype != torch.uint8 or x.ndim != 4:
         raise ConfigError(
             f"train: images must be uint8 (N, C, H, W), got {x.dtype} {tuple(x.shape)}"
@@ -230,100 +307,114 @@ def train(
             f"crop's reflect padding of {cfg.crop_padding}; use larger images, "
             "crop_padding < image size, pad_mode=constant or augment=false"
         )
-    torch.manual_seed(cfg.seed)
-    model = model.to(dev)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    opt = build_optimizer(model, cfg)
-    n = len(x)
-    steps_per_epoch = math.ceil(n / cfg.batch_size)
-    total = steps_per_epoch * (cfg.schedule_epochs or cfg.epochs)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_factor(cfg, s, total, steps_per_epoch)
-    )
-    gen = torch.Generator().manual_seed(cfg.seed)
-    x_dev, y_dev = x.to(dev), y.to(dev)
-    history: list[dict[str, float]] = []
-    t0 = time.perf_counter()
-    seen = 0
-    for epoch in range(cfg.epochs):
-        model.train()
+
+
+@dataclasses.dataclass
+class _Loop:
+    """The state of one :func:`train` run: model, optimiser, schedule, the seeded generator
+    (shuffling and augmentation, in a fixed order), data on the device, callbacks."""
+
+    model: nn.Module
+    cfg: TrainConfig
+    dev: torch.device
+    opt: torch.optim.Optimizer
+    sched: Any
+    gen: torch.Generator
+    x: torch.Tensor
+    y: torch.Tensor
+    steps_per_epoch: int
+    callbacks: Sequence[Any]
+    desc: str
+    seen: int = 0
+
+    @classmethod
+    def start(cls, model, x, y, cfg, dev, callbacks, desc) -> _Loop:
+        torch.manual_seed(cfg.seed)
+        model = model.to(dev)
+        if cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        opt = build_optimizer(model, cfg)
+        steps_per_epoch = math.ceil(len(x) / cfg.batch_size)
+        total = steps_per_epoch * (cfg.schedule_epochs or cfg.epochs)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: lr_factor(cfg, s, total, steps_per_epoch)
+        )
+        gen = torch.Generator().manual_seed(cfg.seed)
+        return cls(model, cfg, dev, opt, sched, gen, x.to(dev), y.to(dev), steps_per_epoch,
+                   callbacks, desc)  # fmt: skip
+
+    def _each(self, method: str) -> list[Any]:
+        return [getattr(cb, method) for cb in self.callbacks if hasattr(cb, method)]
+
+    def epoch(self, epoch: int) -> dict[str, float]:
+        """One pass over the shuffled data; returns the epoch's record."""
+        cfg, n = self.cfg, len(self.x)
+        self.model.train()
         te = time.perf_counter()
-        perm = torch.randperm(n, generator=gen)
+        perm = torch.randperm(n, generator=self.gen)
         tot_loss, tot_correct = 0.0, 0
         bar = tqdm(
-            range(steps_per_epoch),
-            desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}",
+            range(self.steps_per_epoch),
+            desc=f"{self.desc} epoch {epoch + 1}/{cfg.epochs}",
             disable=not cfg.progress,
             leave=False,
             unit="batch",
         )
         for i in bar:
             idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-            idx_dev = idx.to(dev)
-            xb = to_float(x_dev[idx_dev])
-            yb = y_dev[idx_dev]
-            if cfg.augment:
-                xb = random_crop_flip(xb, cfg.crop_padding, cfg.flip, gen, cfg.pad_mode)
-            if cfg.channels_last:
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            with autocast(dev, cfg.amp):
-                logits = model(xb)
-            losses = F.cross_entropy(
-                logits.float(), yb, reduction="none", label_smoothing=cfg.label_smoothing
-            )
-            loss = losses.mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            for cb in callbacks:
-                hook = getattr(cb, "on_batch_losses", None)
-                if hook is not None:
-                    hook(epoch, idx, losses.detach())
-            lv = float(loss.detach())
-            if not math.isfinite(lv):
-                raise DivergedError(
-                    f"{desc}: the loss became {lv} at epoch {epoch + 1}, batch {i + 1} "
-                    f"(lr {cfg.lr:g}, {cfg.optimizer}); lower the learning rate. "
-                    "Nothing of this training was saved"
-                )
-            tot_loss += lv * len(idx)
-            tot_correct += int((logits.argmax(1) == yb).sum())
-            seen += len(idx)
+            loss, correct = self.step(epoch, i, idx)
+            tot_loss += loss * len(idx)
+            tot_correct += correct
+            self.seen += len(idx)
             if i % 10 == 0:
-                bar.set_postfix(
-                    loss=f"{float(loss.detach()):.3f}", lr=f"{sched.get_last_lr()[0]:.3g}"
-                )
-        rec = {
+                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{self.sched.get_last_lr()[0]:.3g}")
+        return {
             "epoch": epoch + 1,
             "loss": tot_loss / n,
             "train_acc": tot_correct / n,
-            "lr": sched.get_last_lr()[0],
+            "lr": self.sched.get_last_lr()[0],
             "seconds": time.perf_counter() - te,
         }
-        if eval_data is not None:
-            rec["test_acc"] = accuracy(model, *eval_data, batch_size=cfg.eval_batch_size)
-        for cb in callbacks:
-            hook = getattr(cb, "on_epoch_end", None)
-            if hook is not None:
-                hook(epoch, model)
-        history.append(rec)
-        _log(
-            f"{desc} epoch {epoch + 1}/{cfg.epochs} loss {rec['loss']:.4f} "
-            f"train_acc {rec['train_acc']:.4f}"
-            + (f" test_acc {rec['test_acc']:.4f}" if "test_acc" in rec else "")
-            + f" ({rec['seconds']:.1f}s)",
-            cfg.progress,
+
+    def step(self, epoch: int, i: int, idx: torch.Tensor) -> tuple[float, int]:
+        """One optimisation step on the examples ``idx``; returns (mean loss, correct)."""
+        cfg = self.cfg
+        idx_dev = idx.to(self.dev)
+        xb = to_float(self.x[idx_dev])
+        yb = self.y[idx_dev]
+        if cfg.augment:
+            xb = random_crop_flip(xb, cfg.crop_padding, cfg.flip, self.gen, cfg.pad_mode)
+        for on_batch in self._each("on_batch"):
+            xb, yb = on_batch(epoch, idx, xb, yb)
+            if len(xb) != len(idx) or len(yb) != len(idx):
+                raise ConfigError(f"{on_batch.__qualname__} changed the batch size")
+        if cfg.channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        with autocast(self.dev, cfg.amp):
+            logits = self.model(xb)
+        losses = F.cross_entropy(
+            logits.float(), yb, reduction="none", label_smoothing=cfg.label_smoothing
         )
-    secs = time.perf_counter() - t0
-    model.eval()
-    if cfg.channels_last:
-        # hand the model back in the layout a loaded checkpoint has: a model fresh from
-        # training and the same weights from the victim cache then compute the same bytes
-        # (convolutions in another memory format round differently, ~1e-7)
-        model = model.to(memory_format=torch.contiguous_format)
-    return TrainResult(model, history, secs, seen / max(secs, 1e-9))
+        loss = losses.mean()
+        for on_loss in self._each("on_loss"):
+            loss = on_loss(epoch, logits, yb, loss)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.sched.step()
+        for cb in self.callbacks:
+            if hasattr(cb, "on_step"):
+                cb.on_step(epoch)
+            if hasattr(cb, "on_batch_losses"):
+                cb.on_batch_losses(epoch, idx, losses.detach())
+        lv = float(loss.detach())
+        if not math.isfinite(lv):
+            raise DivergedError(
+                f"{self.desc}: the loss became {lv} at epoch {epoch + 1}, batch {i + 1} "
+                f"(lr {cfg.lr:g}, {cfg.optimizer}); lower the learning rate. "
+                "Nothing of this training was saved"
+            )
+        return lv, int((logits.argmax(1) == yb).sum())
 
 
 # ---------------------------------------------------------------------------------------

@@ -33,7 +33,6 @@ from dataclasses import dataclass
 import torch
 
 from detox.attacks.base import Attack, AttackConfig, hp, register
-from detox.errors import ConfigError
 
 PATTERNS = ("grid", "square")
 
@@ -44,21 +43,20 @@ class BadNetsConfig(AttackConfig):
         "grid",
         "grid | square",
         "[code] grid: SampDetox's images and UltraClean's script; square: BackdoorBench main",
+        choices=PATTERNS,
     )
-    size: int = hp(3, "squares per side", "[paper] 3x3 patch (METHODS.md section 4)")
-    cell: int = hp(1, "pixels per square", "[open] 1 gives the 3x3-pixel patch of the papers")
-    margin: int = hp(0, "pixels", "[open] gap between the patch and the bottom-right corner")
-    value: float = hp(1.0, "intensity in [0, 1]", "[code] white squares (the others black)")
-
-    def validate(self) -> None:
-        super().validate()
-        if self.pattern not in PATTERNS:
-            raise ConfigError(
-                f"badnets: pattern={self.pattern!r}: expected one of {', '.join(PATTERNS)}"
-            )
-        if self.size < 1 or self.cell < 1 or self.margin < 0:
-            raise ConfigError("badnets: size and cell must be >= 1 and margin >= 0")
-        self._check_range("value", 0.0, 1.0)
+    size: int = hp(
+        3, "squares per side", "[paper] 3x3 patch (METHODS.md section 4)", range="[1, inf)"
+    )
+    cell: int = hp(
+        1, "pixels per square", "[open] 1 gives the 3x3-pixel patch of the papers", range="[1, inf)"
+    )
+    margin: int = hp(
+        0, "pixels", "[open] gap between the patch and the bottom-right corner", range="[0, inf)"
+    )
+    value: float = hp(
+        1.0, "intensity in [0, 1]", "[code] white squares (the others black)", range="[0, 1]"
+    )
 
 
 @register

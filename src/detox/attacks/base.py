@@ -34,7 +34,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from detox.attacks.targets import TargetMap, check_ratio
+from detox.attacks.targets import TargetMap
+from detox.config import check_fields, describe_fields, hp  # hp: re-exported for attacks
 from detox.errors import ConfigError
 from detox.registry import Registry
 from detox.utils.seed import derive_seed, torch_generator
@@ -69,13 +70,6 @@ def ratio_base(ratio_of: str | None, label_mode: str) -> str:
     return "target_class" if label_mode == "clean" else "train"
 
 
-def hp(default: Any, unit: str = "", source: str = "", help: str = "") -> Any:
-    """A config field with its unit and source (paper/code) attached as metadata."""
-    return dataclasses.field(
-        default=default, metadata={"unit": unit, "source": source, "help": help}
-    )
-
-
 @dataclasses.dataclass
 class AttackConfig:
     """Settings shared by every attack: how much to poison and which class to target.
@@ -86,8 +80,15 @@ class AttackConfig:
     the whole training set, drawn from the target class.
     """
 
-    ratio: float = hp(0.1, "fraction", "BackdoorBench default (METHODS.md section 4)")
-    target: int = hp(0, "class index", "BackdoorBench default, all-to-one (METHODS.md section 4)")
+    ratio: float = hp(
+        0.1, "fraction", "BackdoorBench default (METHODS.md section 4)", range="(0, 1]"
+    )
+    target: int = hp(
+        0,
+        "class index",
+        "BackdoorBench default, all-to-one (METHODS.md section 4)",
+        range="[0, inf)",
+    )
     ratio_of: str | None = hp(
         None,
         "train | target_class",
@@ -95,22 +96,13 @@ class AttackConfig:
         "target class (clean label)",
         "BackdoorBench reads a clean-label ratio as a fraction of the whole training set, "
         "drawn from the target class",
+        choices=RATIO_OF,
     )
 
     def validate(self) -> None:
-        check_ratio(self.ratio)
-        if int(self.target) != self.target or self.target < 0:
-            raise ConfigError(f"target={self.target!r}: expected a class index >= 0")
-        if self.ratio_of not in (None, *RATIO_OF):
-            raise ConfigError(f"ratio_of={self.ratio_of!r}: expected one of {', '.join(RATIO_OF)}")
-
-    def _check_range(self, name: str, lo: float, hi: float, lo_open: bool = False) -> None:
-        v = getattr(self, name)
-        if v is None:
-            return
-        if not (lo < v <= hi if lo_open else lo <= v <= hi):
-            left = "(" if lo_open else "["
-            raise ConfigError(f"{name}={v!r}: expected a value in {left}{lo}, {hi}]")
+        """Checks no declared range can express (ranges and choices: :func:`check_fields`)."""
+        if int(self.target) != self.target:
+            raise ConfigError(f"target={self.target!r}: expected a class index (an integer)")
 
 
 def register(cls: type[Attack]) -> type[Attack]:
@@ -167,6 +159,7 @@ class Attack:
             merged = {**dataclasses.asdict(config), **params}
             config = make_config(self.Config, **merged)  # make_config drops None values
             config = dataclasses.replace(config, **{k: v for k, v in merged.items() if v is None})
+        check_fields(config)  # declared ranges and choices (make_config checks them too)
         config.validate()
         self.config = config
         self.seed = int(seed)
@@ -237,9 +230,23 @@ class Attack:
         """Smallest image side (pixels) the trigger fits in, for images of ``shape``."""
         return 1
 
-    def prepare(self, train: Any) -> None:
-        """Called by :func:`~detox.attacks.poison` with the clean training set before any
-        trigger is applied (Refool picks its reflection images here). Default: nothing."""
+    #: True for a training-controlled attack (Input-aware): it poisons no stored example;
+    #: :meth:`training_hook` shapes each batch of the victim's training instead, and its
+    #: triggered test set is made once the victim (and what the hook learned) exists.
+    controls_training: ClassVar[bool] = False
+
+    def prepare(self, train: Any, ctx: Any = None) -> None:
+        """Called by :func:`~detox.attacks.poison` with the clean training set and the
+        :class:`~detox.attacks.context.AttackContext` before any trigger is applied: Refool
+        picks its reflection images here; a learned attack builds (or loads) its artefact
+        with ``ctx.artefact(self, build)``, training a surrogate with ``ctx.surrogate()``.
+        Default: nothing."""
+
+    def training_hook(self, ctx: Any) -> Any:
+        """For an attack that :attr:`controls_training`: the
+        :class:`~detox.training.TrainHook` that shapes the victim's training batches, owned
+        by this attack (its trigger reads what the hook learned)."""
+        raise NotImplementedError(f"attack {self.name!r} does not control the training")
 
     def n_extra(self, n_poisoned: int, n_total: int) -> int:
         """Number of extra correctly labelled examples (see :attr:`extra_kind`)."""
@@ -443,22 +450,14 @@ def make_attack(
 
 
 def attack_params(name: str) -> list[dict[str, Any]]:
-    """The settings of attack ``name``: name, type, default, unit, source, help."""
-    cls = ATTACKS.get(name)
+    """The settings of attack ``name``: name, type, default, unit, source, help, range,
+    choices (:func:`detox.config.describe_fields` plus the type)."""
     import typing
 
+    cls = ATTACKS.get(name)
     hints = typing.get_type_hints(cls.Config)
     rows = []
-    for f in dataclasses.fields(cls.Config):
-        t = hints[f.name]
-        rows.append(
-            {
-                "name": f.name,
-                "type": getattr(t, "__name__", str(t)),
-                "default": f.default,
-                "unit": f.metadata.get("unit", ""),
-                "source": f.metadata.get("source", ""),
-                "help": f.metadata.get("help", ""),
-            }
-        )
+    for row in describe_fields(cls.Config):
+        t = hints[row["name"]]
+        rows.append({"name": row.pop("name"), "type": getattr(t, "__name__", str(t)), **row})
     return rows

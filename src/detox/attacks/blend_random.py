@@ -16,13 +16,10 @@ from detox.attacks.base import Attack, AttackConfig, hp, register
 
 @dataclass
 class BlendRandomConfig(AttackConfig):
-    alpha: float = hp(0.075, "fraction", "[code] RANDOM_BACKDOOR_ALPHA 0.075")
-    alpha_large: float | None = hp(0.15, "fraction", "[METHODS] 0.15 on large images")
-
-    def validate(self) -> None:
-        super().validate()
-        self._check_range("alpha", 0.0, 1.0, lo_open=True)
-        self._check_range("alpha_large", 0.0, 1.0, lo_open=True)
+    alpha: float = hp(0.075, "fraction", "[code] RANDOM_BACKDOOR_ALPHA 0.075", range="(0, 1]")
+    alpha_large: float | None = hp(
+        0.15, "fraction", "[METHODS] 0.15 on large images", range="(0, 1]"
+    )
 
 
 @register

@@ -20,12 +20,13 @@ from detox.errors import ConfigError
 
 @dataclass
 class BlendedConfig(AttackConfig):
-    alpha: float = hp(0.2, "fraction", "[paper] Chen et al. 2017; BackdoorBench alpha 0.2")
+    alpha: float = hp(
+        0.2, "fraction", "[paper] Chen et al. 2017; BackdoorBench alpha 0.2", range="(0, 1]"
+    )
     image: str | None = hp(None, "path", "[open] image file to blend; None = seeded uniform noise")
 
     def validate(self) -> None:
         super().validate()
-        self._check_range("alpha", 0.0, 1.0, lo_open=True)
         if self.image is not None:
             read_image(self.image, 3, 8, 8)
 

@@ -24,20 +24,15 @@ import torch
 
 from detox.attacks.base import Attack, AttackConfig, hp, register
 from detox.attacks.ops import derangement
-from detox.errors import ConfigError
 
 
 @dataclass
 class BPPConfig(AttackConfig):
-    squeeze_num: int = hp(8, "levels per channel", "[paper] squeeze to 8 levels")
-    dithering: bool = hp(False, "", "[paper] optional Floyd-Steinberg dithering")
-    neg_ratio: float = hp(0.1, "fraction of the training set", "[code] negative ratio 0.1")
-
-    def validate(self) -> None:
-        super().validate()
-        if not 2 <= self.squeeze_num <= 256:
-            raise ConfigError(f"bpp: squeeze_num={self.squeeze_num!r}: expected 2..256")
-        self._check_range("neg_ratio", 0.0, 1.0)
+    squeeze_num: int = hp(8, "levels per channel", "[paper] squeeze to 8 levels", range="[2, 256]")
+    dithering: bool = hp(False, "", "[paper]", "optional Floyd-Steinberg dithering")
+    neg_ratio: float = hp(
+        0.1, "fraction of the training set", "[code] negative ratio 0.1", range="[0, 1]"
+    )
 
 
 def squeeze(x: torch.Tensor, levels: int) -> torch.Tensor:

@@ -33,15 +33,16 @@ class FrequencyConfig(AttackConfig):
     magnitude_large: float | None = hp(
         90.0, "DCT coefficient, 0-255 scale", "[METHODS] 90 on large images"
     )
-    block: int = hp(32, "pixels", "[code] DCT window 32")
+    block: int = hp(32, "pixels", "[code] DCT window 32", range="[1, inf)")
     positions: tuple[int, ...] = hp(
-        (15, 15, 31, 31), "(row, col) pairs in a block", "[code] coefficients (15,15), (31,31)"
+        (15, 15, 31, 31),
+        "(row, col) pairs in a block",
+        "[code] coefficients (15,15), (31,31)",
+        range="[0, inf)",
     )
 
     def validate(self) -> None:
         super().validate()
-        if self.block < 1:
-            raise ConfigError(f"frequency: block={self.block!r}: expected >= 1")
         pos = tuple(self.positions)
         if len(pos) == 0 or len(pos) % 2:
             raise ConfigError("frequency: positions must be (row, col) pairs, e.g. 15,15,31,31")

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 import torch
 
 from detox.attacks.base import Attack, AttackConfig, hp, register
-from detox.errors import ConfigError
 
 #: (rows, cols) back from the bottom-right corner of the four pixels [code]
 OFFSETS = ((2, 2), (4, 2), (2, 4), (3, 3))
@@ -24,14 +23,10 @@ OFFSETS = ((2, 2), (4, 2), (2, 4), (3, 3))
 
 @dataclass
 class PatchConfig(AttackConfig):
-    value: float = hp(1.0, "intensity in [0, 1]", "[code] backdoor_pix_val 1.0")
-    square_large: int = hp(8, "pixels", "[METHODS] large images: four 8x8 white squares")
-
-    def validate(self) -> None:
-        super().validate()
-        self._check_range("value", 0.0, 1.0)
-        if self.square_large < 1:
-            raise ConfigError(f"patch: square_large={self.square_large!r}: expected >= 1")
+    value: float = hp(1.0, "intensity in [0, 1]", "[code] backdoor_pix_val 1.0", range="[0, 1]")
+    square_large: int = hp(
+        8, "pixels", "[METHODS] large images: four 8x8 white squares", range="[1, inf)"
+    )
 
 
 @register

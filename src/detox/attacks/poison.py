@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from detox.attacks.base import ATTACKS, Attack, ratio_base
+from detox.attacks.context import AttackContext
 from detox.attacks.spec import AttackSpec, parse_attacks
 from detox.attacks.targets import TargetMap, poison_count
 from detox.data.base import ImageDataset
@@ -67,20 +68,58 @@ def poison(
     if test_limit is not None and test_limit < 1:
         raise ConfigError(f"test_limit={test_limit}: expected >= 1")
     device = torch.device(device) if isinstance(device, str) else device
-    n, k = len(train), train.num_classes
-    y_true = train.y.clone()
-    x = train.x.clone()
-    y = y_true.clone()
-    attack_id = torch.full((n,), -1, dtype=torch.int64)
-    taken = torch.zeros(n, dtype=torch.bool)
-    class_counts = torch.bincount(y_true, minlength=k)
-    target_order = torch.randperm(k, generator=torch_generator(derive_seed(seed, "targets")))
-    used_targets: set[int] = set()
-    names = _unique_names([s.name for s in specs])
-    records: list[dict[str, Any]] = []
-    triggered: dict[str, TriggeredSet] = {}
+    run = _Poisoning.start(train, seed, device)
+    for i, (spec, uname) in enumerate(zip(specs, _unique_names([s.name for s in specs]))):
+        run.add(i, spec, uname, test, test_limit)
+    source = dict(train.meta)
+    source.setdefault("name", train.name)
+    return PoisonedSet(
+        x=run.x,
+        y=run.y,
+        y_true=run.y_true,
+        attack_id=run.attack_id,
+        classes=list(train.classes),
+        attacks=run.records,
+        seed=int(seed),
+        source=source,
+        test=test,
+        triggered=run.triggered,
+    )
 
-    for i, (spec, uname) in enumerate(zip(specs, names)):
+
+@dataclasses.dataclass
+class _Poisoning:
+    """The state of one :func:`poison` run, one attack after another (steps 1-7 of the
+    module docstring): the images and labels so far, which examples are taken, the seeded
+    order in which random targets are tried."""
+
+    train: ImageDataset
+    seed: int
+    device: torch.device
+    x: torch.Tensor
+    y: torch.Tensor
+    y_true: torch.Tensor
+    attack_id: torch.Tensor
+    taken: torch.Tensor
+    class_counts: torch.Tensor
+    target_order: torch.Tensor
+    used_targets: set[int] = dataclasses.field(default_factory=set)
+    records: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    triggered: dict[str, TriggeredSet] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def start(cls, train: ImageDataset, seed: int, device: torch.device) -> _Poisoning:
+        n, k = len(train), train.num_classes
+        y_true = train.y.clone()
+        return cls(
+            train, seed, device, train.x.clone(), y_true.clone(), y_true,
+            torch.full((n,), -1, dtype=torch.int64), torch.zeros(n, dtype=torch.bool),
+            torch.bincount(y_true, minlength=k),
+            torch.randperm(k, generator=torch_generator(derive_seed(seed, "targets"))),
+        )  # fmt: skip
+
+    def add(self, i: int, spec: AttackSpec, uname: str, test, test_limit) -> None:
+        """Poison with the ``i``-th attack: target, indices, trigger, extras, test set."""
         cls = ATTACKS.get(spec.name)
         defaults = cls.preset_config(spec.preset)
         ratio = spec.ratio if spec.ratio is not None else defaults.ratio
@@ -93,20 +132,58 @@ def poison(
             raise ConfigError(
                 f"attack {uname!r}: ratio_of='target_class' needs a clean-label attack"
             )
+        tmap, target, count, idx = self._select(
+            i, spec, uname, cls, defaults, ratio, ratio_of, clean
+        )
+        # 5. trigger
+        attack: Attack = cls(
+            defaults,
+            seed=derive_seed(self.seed, "attack", i, spec.name),
+            target_map=tmap,
+            label_mode=spec.label_mode,
+            ratio=ratio,
+            target=target if target is not None else defaults.target,
+            **dict(spec.params),
+        )
+        train = self.train
+        attack.check_shape(train.image_shape)
+        dataset = train.meta.get("dataset") or train.name
+        ctx = AttackContext(train=train, seed=attack.seed, device=self.device, dataset=dataset)
+        attack.prepare(train, ctx)
+        if cls.controls_training:  # shaped during the victim's training; test set after it
+            self.records.append(_record(uname, spec, attack, tmap, ratio, 0, train, idx[:0], 0))
+            self.records[-1].update(controls_training=True, index=i, test_limit=test_limit)
+            return
+        g_apply = torch_generator(derive_seed(self.seed, "apply", i, spec.name))
+        self.x[idx] = attack.apply_uint8(train.x[idx], device=self.device, generator=g_apply)
+        if not clean:
+            self.y[idx] = tmap(self.y_true[idx])
+        self.attack_id[idx] = i
+        extra_idx = self._extras(i, spec, uname, attack, count)
+        # 7. triggered test set
+        n_test = 0
+        if test is not None:
+            t = triggered_test_set(attack, test, self.seed, i, spec.name, test_limit, self.device)
+            if t is not None:
+                self.triggered[uname] = t
+            n_test = len(t) if t is not None else 0
+        self.records.append(
+            _record(uname, spec, attack, tmap, ratio, count, train, extra_idx, n_test)
+        )
 
-        def needed(t: int | None, spec=spec, ratio=ratio, ratio_of=ratio_of) -> int:
+    def _select(self, i, spec, uname, cls, defaults, ratio, ratio_of, clean):
+        """Steps 1-4: the target, the pool of eligible examples, the count, the indices
+        (marked taken). A training-controlled attack takes none."""
+        n, k, y_true = len(self.train), self.train.num_classes, self.y_true
+
+        def needed(t: int | None) -> int:
             if ratio_of == "target_class":
-                return poison_count(ratio, int(class_counts[t]), spec.min_count)
+                return poison_count(ratio, int(self.class_counts[t]), spec.min_count)
             return poison_count(ratio, n, spec.min_count)
 
-        def pool(tmap: TargetMap, clean=clean) -> torch.Tensor:
-            if clean:
-                return (~taken & (y_true == tmap.target)).nonzero().flatten()
-            return (~taken & tmap.eligible(y_true)).nonzero().flatten()
+        free = torch.bincount(y_true[~self.taken], minlength=k)  # free examples per class
 
-        free = torch.bincount(y_true[~taken], minlength=k)  # free examples per class
-
-        def fits(t: int, spec=spec, needed=needed, clean=clean, free=free) -> bool:
+        def fits(t: int) -> bool:
             if clean:
                 n_free = int(free[t])
             elif spec.target_mode == "source":
@@ -119,17 +196,19 @@ def poison(
         if spec.target_mode == "all2all":
             target = None
         elif spec.target == "random":
-            target = _random_target(uname, ratio, spec, target_order, used_targets, fits)
+            target = _random_target(uname, ratio, spec, self.target_order, self.used_targets, fits)
         else:
             target = spec.target if spec.target is not None else defaults.target
         tmap = TargetMap(spec.target_mode, target, spec.source_classes, k)
-
-        # 2-4. pool, count, indices
-        count = needed(target)
-        candidates = pool(tmap)
+        # 2-4. pool, count, indices (a training-controlled attack poisons no stored example)
+        count = 0 if cls.controls_training else needed(target)
+        if clean:
+            candidates = (~self.taken & (y_true == tmap.target)).nonzero().flatten()
+        else:
+            candidates = (~self.taken & tmap.eligible(y_true)).nonzero().flatten()
         if count > len(candidates):
             what = (
-                f"images of the target class {target} ({int(class_counts[target])} in all)"
+                f"images of the target class {target} ({int(self.class_counts[target])} in all)"
                 if clean
                 else "examples whose label it would change"
             )
@@ -138,76 +217,55 @@ def poison(
                 f"{', min_count ' + str(spec.min_count) if spec.min_count else ''}) but only "
                 f"{len(candidates)} free {what} remain"
             )
-        g_sel = torch_generator(derive_seed(seed, "select", i, spec.name))
+        g_sel = torch_generator(derive_seed(self.seed, "select", i, spec.name))
         idx = candidates[torch.randperm(len(candidates), generator=g_sel)[:count]].sort().values
-        taken[idx] = True
+        self.taken[idx] = True
+        return tmap, target, count, idx
 
-        # 5. trigger
-        params = dict(spec.params)
-        attack: Attack = cls(
-            defaults,
-            seed=derive_seed(seed, "attack", i, spec.name),
-            target_map=tmap,
-            label_mode=spec.label_mode,
-            ratio=ratio,
-            target=target if target is not None else defaults.target,
-            **params,
-        )
-        attack.check_shape(train.image_shape)
-        attack.prepare(train)
-        g_apply = torch_generator(derive_seed(seed, "apply", i, spec.name))
-        x[idx] = attack.apply_uint8(train.x[idx], device=device, generator=g_apply)
-        if not clean:
-            y[idx] = tmap(y_true[idx])
-        attack_id[idx] = i
-
-        # 6. extras
-        n_extra = attack.n_extra(count, n)
-        extra_idx = torch.zeros(0, dtype=torch.int64)
-        if n_extra:
-            free = (~taken).nonzero().flatten()
-            if n_extra > len(free):
-                raise ConfigError(
-                    f"attack {uname!r}: needs {n_extra} extra {attack.extra_kind} examples "
-                    f"but only {len(free)} free examples remain"
-                )
-            g_extra = torch_generator(derive_seed(seed, "extra-select", i, spec.name))
-            extra_idx = free[torch.randperm(len(free), generator=g_extra)[:n_extra]].sort().values
-            taken[extra_idx] = True
-            g = torch_generator(derive_seed(seed, "extra", i, spec.name))
-            x[extra_idx] = attack.apply_uint8(
-                train.x[extra_idx], extra=True, device=device, generator=g
+    def _extras(self, i, spec, uname, attack, count) -> torch.Tensor:
+        """Step 6: the attack's extra, correctly labelled examples (WaNet's noise, BPP's
+        negatives), from the free examples."""
+        n_extra = attack.n_extra(count, len(self.train))
+        if not n_extra:
+            return torch.zeros(0, dtype=torch.int64)
+        free = (~self.taken).nonzero().flatten()
+        if n_extra > len(free):
+            raise ConfigError(
+                f"attack {uname!r}: needs {n_extra} extra {attack.extra_kind} examples "
+                f"but only {len(free)} free examples remain"
             )
+        g_extra = torch_generator(derive_seed(self.seed, "extra-select", i, spec.name))
+        extra_idx = free[torch.randperm(len(free), generator=g_extra)[:n_extra]].sort().values
+        self.taken[extra_idx] = True
+        g = torch_generator(derive_seed(self.seed, "extra", i, spec.name))
+        self.x[extra_idx] = attack.apply_uint8(
+            self.train.x[extra_idx], extra=True, device=self.device, generator=g
+        )
+        return extra_idx
 
-        # 7. triggered test set
-        n_test = 0
-        if test is not None:
-            tidx = tmap.eligible(test.y).nonzero().flatten()
-            if test_limit is not None and len(tidx) > test_limit:
-                g_t = torch_generator(derive_seed(seed, "test-select", i, spec.name))
-                tidx = tidx[torch.randperm(len(tidx), generator=g_t)[:test_limit]].sort().values
-            if len(tidx):
-                g_t = torch_generator(derive_seed(seed, "test", i, spec.name))
-                xt = attack.apply_uint8(test.x[tidx], train=False, device=device, generator=g_t)
-                triggered[uname] = TriggeredSet(xt, test.y[tidx].clone(), tmap(test.y[tidx]), tidx)
-            n_test = len(tidx)
 
-        records.append(_record(uname, spec, attack, tmap, ratio, count, train, extra_idx, n_test))
-
-    source = dict(train.meta)
-    source.setdefault("name", train.name)
-    return PoisonedSet(
-        x=x,
-        y=y,
-        y_true=y_true,
-        attack_id=attack_id,
-        classes=list(train.classes),
-        attacks=records,
-        seed=int(seed),
-        source=source,
-        test=test,
-        triggered=triggered,
-    )
+def triggered_test_set(
+    attack: Attack,
+    test: ImageDataset,
+    seed: int,
+    index: int,
+    name: str,
+    test_limit: int | None,
+    device: torch.device | str = "cpu",
+) -> TriggeredSet | None:
+    """The triggered test images of the ``index``-th attack of a run (seeded by the run's
+    ``seed``): every test image its target map applies to (a seeded subset of
+    ``test_limit``), triggered; None when no test image is eligible."""
+    tmap = attack.target_map
+    tidx = tmap.eligible(test.y).nonzero().flatten()
+    if test_limit is not None and len(tidx) > test_limit:
+        g_t = torch_generator(derive_seed(seed, "test-select", index, name))
+        tidx = tidx[torch.randperm(len(tidx), generator=g_t)[:test_limit]].sort().values
+    if not len(tidx):
+        return None
+    g_t = torch_generator(derive_seed(seed, "test", index, name))
+    xt = attack.apply_uint8(test.x[tidx], train=False, device=device, generator=g_t)
+    return TriggeredSet(xt, test.y[tidx].clone(), tmap(test.y[tidx]), tidx)
 
 
 def _unique_names(names: list[str]) -> list[str]:
@@ -286,11 +344,12 @@ def attack_from_record(record: dict[str, Any], num_classes: int) -> Attack:
         num_classes,
     )
     cls = ATTACKS.get(record["attack"])
+    defaults = cls.Config()  # ratio and target are declared once, in AttackConfig
     target = record.get("target")
     config = cls.Config(
         **record.get("params", {}),
-        ratio=record.get("ratio", 0.1),
-        target=target if target is not None else 0,
+        ratio=record.get("ratio", defaults.ratio),
+        target=target if target is not None else defaults.target,
     )
     return cls(
         config, seed=int(record["seed"]), target_map=tmap, label_mode=record.get("label_mode")

@@ -31,20 +31,28 @@ from detox.errors import ConfigError
 
 @dataclass
 class RefoolConfig(AttackConfig):
-    pool_size: int = hp(200, "images", "[open] reflection images from the training set")
-    alpha_min: float = hp(0.2, "fraction", "[open] reflection weight, lower bound")
-    alpha_max: float = hp(0.4, "fraction", "[open] reflection weight, upper bound")
-    sigma_min: float = hp(1.0, "pixels", "[open] focal-blur sigma, lower bound (paper: 1..5)")
-    sigma_max: float = hp(3.0, "pixels", "[open] focal-blur sigma, upper bound")
+    pool_size: int = hp(
+        200, "images", "[open] reflection images from the training set", range="[1, inf)"
+    )
+    alpha_min: float = hp(0.2, "fraction", "[open] reflection weight, lower bound", range="[0, 1]")
+    alpha_max: float = hp(0.4, "fraction", "[open] reflection weight, upper bound", range="[0, 1]")
+    sigma_min: float = hp(
+        1.0, "pixels", "[open] focal-blur sigma, lower bound (paper: 1..5)", range="[0, inf)"
+    )
+    sigma_max: float = hp(3.0, "pixels", "[open] focal-blur sigma, upper bound", range="[0, inf)")
 
     def validate(self) -> None:
         super().validate()
-        if self.pool_size < 1:
-            raise ConfigError(f"refool: pool_size={self.pool_size!r}: expected >= 1")
-        if not 0 <= self.alpha_min <= self.alpha_max <= 1:
-            raise ConfigError("refool: expected 0 <= alpha_min <= alpha_max <= 1")
-        if not 0 <= self.sigma_min <= self.sigma_max:
-            raise ConfigError("refool: expected 0 <= sigma_min <= sigma_max")
+        if self.alpha_min > self.alpha_max:
+            raise ConfigError(
+                f"refool: alpha_min={self.alpha_min!r} > alpha_max={self.alpha_max!r}: "
+                "expected alpha_min <= alpha_max"
+            )
+        if self.sigma_min > self.sigma_max:
+            raise ConfigError(
+                f"refool: sigma_min={self.sigma_min!r} > sigma_max={self.sigma_max!r}: "
+                "expected sigma_min <= sigma_max"
+            )
 
 
 @register
@@ -59,7 +67,7 @@ class Refool(Attack):
         self.pool: torch.Tensor | None = None  # uint8 (P, C, H, W), blurred
         self.pool_index: torch.Tensor | None = None
 
-    def prepare(self, train: Any) -> None:
+    def prepare(self, train: Any, ctx: Any = None) -> None:
         """Pick and blur the reflection pool from the clean training set (seeded)."""
         from detox.data.base import to_float, to_uint8
 

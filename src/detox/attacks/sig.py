@@ -26,8 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from detox.attacks.base import Attack, AttackConfig, hp, register
-from detox.errors import ConfigError
+from detox.attacks.base import RATIO_OF, Attack, AttackConfig, hp, register
 
 
 @dataclass
@@ -36,19 +35,17 @@ class SIGConfig(AttackConfig):
         "train",
         "train | target_class",
         "[BackdoorBench] pratio x the whole training set, drawn from the target class",
+        choices=RATIO_OF,
     )
-    delta: float = hp(40.0, "intensity /255", "[BackdoorBench] sig_delta 40 (paper: 20)")
-    delta_test: float | None = hp(None, "intensity /255", "[open] test-time delta; None = delta")
-    freq: float = hp(6.0, "cycles per image width", "[paper] f 6 (BackdoorBench sig_f 6)")
-
-    def validate(self) -> None:
-        super().validate()
-        for k in ("delta", "delta_test"):
-            v = getattr(self, k)
-            if v is not None and not 0 < v <= 255:
-                raise ConfigError(f"sig: {k}={v!r}: expected a value in (0, 255]")
-        if self.freq <= 0:
-            raise ConfigError(f"sig: freq={self.freq!r}: expected > 0")
+    delta: float = hp(
+        40.0, "intensity /255", "[BackdoorBench] sig_delta 40 (paper: 20)", range="(0, 255]"
+    )
+    delta_test: float | None = hp(
+        None, "intensity /255", "[open] test-time delta; None = delta", range="(0, 255]"
+    )
+    freq: float = hp(
+        6.0, "cycles per image width", "[paper] f 6 (BackdoorBench sig_f 6)", range="(0, inf)"
+    )
 
 
 @register

@@ -14,16 +14,10 @@ from detox.attacks.base import Attack, AttackConfig, hp, register
 
 @dataclass
 class SinglePixelConfig(AttackConfig):
-    value: float = hp(1.0, "intensity in [0, 1]", "[code] backdoor_pix_val 1.0")
-    offset: int = hp(2, "pixels from the bottom and right edges", "[code] pixel (H-2, W-2)")
-
-    def validate(self) -> None:
-        super().validate()
-        self._check_range("value", 0.0, 1.0)
-        if self.offset < 1:
-            from detox.errors import ConfigError
-
-            raise ConfigError(f"single-pixel: offset={self.offset!r}: expected >= 1")
+    value: float = hp(1.0, "intensity in [0, 1]", "[code] backdoor_pix_val 1.0", range="[0, 1]")
+    offset: int = hp(
+        2, "pixels from the bottom and right edges", "[code] pixel (H-2, W-2)", range="[1, inf)"
+    )
 
 
 @register

@@ -15,21 +15,17 @@ from dataclasses import dataclass
 import torch
 
 from detox.attacks.base import Attack, AttackConfig, hp, register
-from detox.errors import ConfigError
 
 
 @dataclass
 class SinusoidConfig(AttackConfig):
-    alpha: float = hp(0.075, "fraction", "[code] SINUSOID_BACKDOOR_ALPHA 0.075")
-    alpha_large: float | None = hp(0.15, "fraction", "[METHODS] 0.15 on large images")
-    freq: float = hp(6.0, "cycles per image width", "[code] SINUSOID_BACKDOOR_FREQ 6")
-
-    def validate(self) -> None:
-        super().validate()
-        self._check_range("alpha", 0.0, 1.0, lo_open=True)
-        self._check_range("alpha_large", 0.0, 1.0, lo_open=True)
-        if self.freq <= 0:
-            raise ConfigError(f"sinusoid: freq={self.freq!r}: expected > 0")
+    alpha: float = hp(0.075, "fraction", "[code] SINUSOID_BACKDOOR_ALPHA 0.075", range="(0, 1]")
+    alpha_large: float | None = hp(
+        0.15, "fraction", "[METHODS] 0.15 on large images", range="(0, 1]"
+    )
+    freq: float = hp(
+        6.0, "cycles per image width", "[code] SINUSOID_BACKDOOR_FREQ 6", range="(0, inf)"
+    )
 
 
 @register

@@ -21,22 +21,16 @@ import torch
 import torch.nn.functional as F
 
 from detox.attacks.base import Attack, AttackConfig, hp, register
-from detox.errors import ConfigError
 
 
 @dataclass
 class WaNetConfig(AttackConfig):
-    k: int = hp(4, "control points per side", "[paper] k 4")
-    s: float = hp(0.5, "warping strength", "[paper] s 0.5")
-    grid_rescale: float = hp(1.0, "factor", "[code] grid_rescale 1")
-    cross_ratio: float = hp(2.0, "x number poisoned", "[paper] noise mode, cross ratio 2 (0 = off)")
-
-    def validate(self) -> None:
-        super().validate()
-        if self.k < 2:
-            raise ConfigError(f"wanet: k={self.k!r}: expected >= 2")
-        if self.s < 0 or self.grid_rescale <= 0 or self.cross_ratio < 0:
-            raise ConfigError("wanet: s and cross_ratio must be >= 0, grid_rescale > 0")
+    k: int = hp(4, "control points per side", "[paper] k 4", range="[2, inf)")
+    s: float = hp(0.5, "warping strength", "[paper] s 0.5", range="[0, inf)")
+    grid_rescale: float = hp(1.0, "factor", "[code] grid_rescale 1", range="(0, inf)")
+    cross_ratio: float = hp(
+        2.0, "x number poisoned", "[paper] noise mode, cross ratio 2 (0 = off)", range="[0, inf)"
+    )
 
 
 @register

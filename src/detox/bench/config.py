@@ -244,8 +244,7 @@ def _validate_grid(g: dict[str, Any], label: str) -> dict[str, Any]:
     from detox.attacks import parse_attacks
     from detox.config import PRESET_NAMES
     from detox.data.registry import DATASETS
-    from detox.defenses.detectors import DETECTORS
-    from detox.defenses.purifiers import PURIFIERS
+    from detox.pipeline import defense_names
 
     out: dict[str, Any] = {}
     datasets = _str_list(g, "datasets", label)
@@ -266,7 +265,7 @@ def _validate_grid(g: dict[str, Any], label: str) -> dict[str, Any]:
             except ConfigError as e:
                 raise ConfigError(f"{label}: attack {a!r}: {e}") from e
     out["attacks"] = list(attacks)
-    valid_def = [NO_DEFENSE, *DETECTORS.names(), *PURIFIERS.names()]
+    valid_def = [NO_DEFENSE, *defense_names()]
     defenses = _str_list(g, "defenses", label, default=[])
     for d in defenses:
         if not isinstance(d, str) or d.lower() not in valid_def:
@@ -314,19 +313,18 @@ def _check_overrides(over: dict[str, Any], preset: str, label: str) -> None:
 
 
 def _check_defense_settings(name: str, settings: dict, preset: str, label: str) -> None:
-    from detox.defenses.detectors import DETECTORS, build_detector
-    from detox.defenses.purifiers import build_purifier
+    from detox.config import make_config
+    from detox.pipeline import defense_kind
 
     try:
-        if name in DETECTORS:
-            build_detector(name, preset, **settings)
-        else:
-            build_purifier(name, preset, **_without_weights(settings))
+        make_config(
+            defense_kind(name).methods().get(name).Config, preset, **_without_weights(settings)
+        )
     except ConfigError as e:
         where = f"[defense_set.{name}]" if settings else f"defense {name!r}"
         raise ConfigError(f"{label}: {where}: {e}") from e
 
 
 def _without_weights(settings: dict) -> dict:
-    """Purifier settings minus a weights path: it is checked when the cell runs."""
+    """A defense's settings minus a weights path: it is checked when the cell runs."""
     return {k: v for k, v in settings.items() if k != "diffusion"}

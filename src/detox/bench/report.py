@@ -137,17 +137,13 @@ def render_report(out: Path, cfg: Any, results: list[dict[str, Any]], tables: di
         )
         parts.append(_img(out / "groups" / gid / "samples.png", "clean vs poisoned, trigger map"))
         for r in rs:
-            d, label = r["defense"], column_label(r)
+            label = column_label(r)
             files = out / "cells" / r["cell"]
             if r["kind"] == "detector":
                 parts.append(_removal_table(r))
-                parts.append(_img(files / f"{d}_hist.png", f"{label}: scores, clean vs poisoned"))
-                parts.append(_img(files / f"{d}_roc.png", f"{label}: ROC per attack"))
-                parts.append(_img(files / f"{d}_trajectories.png", f"{label}: loss trajectories"))
-            elif r["kind"] == "purifier":
-                parts.append(
-                    _img(files / f"{d}_samples.png", f"{label}: test inputs and purified outputs")
-                )
+            # the figures the defense's run listed (caption -> file in its cell folder)
+            for caption, name in (r.get("defense_info") or {}).get("figures", {}).items():
+                parts.append(_img(files / name, f"{label}: {caption}"))
     parts.append("<h2>Cells</h2>")
     cell_rows = [
         {

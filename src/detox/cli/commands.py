@@ -3,6 +3,7 @@
 from detox.cli import (  # noqa: F401
     attack_cmd,
     bench_cmd,
+    cache_cmd,
     data_cmd,
     diffusion_cmd,
     purify_cmd,

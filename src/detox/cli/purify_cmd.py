@@ -2,11 +2,13 @@
 
     detox purify --input cifar10 --defense sampdetox --diffusion weights/cifar10 --out runs/p
     detox purify --input runs/poisoned --defense sampdetox --limit 300 --out runs/p
+    detox purify --input runs/poisoned --defense NAME --model runs/victim --out runs/p
 
 ``--input`` is a dataset name or path (its test split is purified) or a PoisonedSet
 artefact (its clean test set and every triggered test set are purified). Writes the
 purified images as a PoisonedSet-style artefact (``.npy`` + manifest), a PNG preview,
-``config.json`` and ``summary.json``.
+``config.json`` and ``summary.json``. A model-aware purifier (one that ``needs_model``:
+it queries the classifier it protects) needs ``--model``, the classifier's checkpoint.
 """
 
 from __future__ import annotations
@@ -24,6 +26,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--defense", default="sampdetox", help="purifier name")
     p.add_argument("--diffusion", default=None, help="diffusion model folder or hub id")
     p.add_argument(
+        "--model",
+        default=None,
+        help="the protected classifier's checkpoint (model-aware purifiers)",
+    )
+    p.add_argument(
         "--limit", type=positive_int, default=None, help="purify at most this many per set"
     )
     p.add_argument("--batch-size", type=positive_int, default=None)
@@ -40,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from detox.utils.device import resolve_device
 
     device = resolve_device(args.device)
-    check_output(args.out, [args.input, args.diffusion], args.force)
+    check_output(args.out, [args.input, args.diffusion, args.model], args.force)
     over = {"diffusion": args.diffusion} if args.diffusion else {}
     pur = build_purifier(args.defense, args.defense_preset, **over)
     if (Path(args.input) / "manifest.json").is_file():
@@ -52,12 +59,37 @@ def run(args: argparse.Namespace) -> int:
     else:
         test = load_dataset(args.input, "test", data_dir=args.data_dir)
         pset = PoisonedSet.from_clean(test, seed=args.seed, test=test)
-    pur.use_dataset_defaults(pset.source.get("dataset") or pset.source.get("name"))
+    dataset = pset.source.get("dataset") or pset.source.get("name")
+    pur.use_dataset_defaults(dataset)
+    pur.prepare(_context(args, pur, device, dataset))
     lim = slice(0, args.limit)
-    with output_folder(args.out, [args.input, args.diffusion], args.force) as run_dir:
+    with output_folder(args.out, [args.input, args.diffusion, args.model], args.force) as run_dir:
         n_clean, n_trig = _purify(args, pur, pset, lim, device, run_dir)
     print(f"purified {n_clean} clean and {n_trig} triggered images -> {run_dir.path}")
     return 0
+
+
+def _context(args, pur, device, dataset):
+    """The purifier's :class:`~detox.defenses.context.DefenseContext`: the classifier of
+    ``--model`` for a purifier that needs it (refused for one that does not)."""
+    from detox.defenses.context import DefenseContext
+    from detox.errors import ConfigError
+
+    ctx = DefenseContext(device=device, seed=args.seed, dataset=dataset, progress=not args.quiet)
+    if pur.needs_model:
+        if not args.model:
+            raise ConfigError(
+                f"--defense {args.defense}: this purifier queries the classifier it protects; "
+                "pass --model CHECKPOINT"
+            )
+        from detox.models import load_checkpoint
+        from detox.utils.fingerprint import state_fingerprint
+
+        ctx.model = load_checkpoint(args.model, device).eval()
+        ctx.model_fingerprint = state_fingerprint(ctx.model)
+    elif args.model:
+        raise ConfigError(f"--model: {args.defense} does not use the classifier; drop --model")
+    return ctx
 
 
 def _purify(args, pur, pset, lim, device, run_dir) -> tuple[int, int]:

@@ -40,10 +40,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def defense_overrides(name: str, args: argparse.Namespace) -> dict:
-    """Settings of a defense's own config given on the command line."""
-    from detox.defenses.purifiers import PURIFIERS
+    """Settings of a defense's own config given on the command line (``--diffusion`` for
+    a defense whose config has a ``diffusion`` setting)."""
+    import dataclasses
 
-    if args.diffusion and name in PURIFIERS:
+    from detox.pipeline import defense_kind
+
+    cfg = defense_kind(name).methods().get(name).Config
+    if args.diffusion and "diffusion" in {f.name for f in dataclasses.fields(cfg)}:
         return {"diffusion": args.diffusion}
     return {}
 
@@ -70,14 +74,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def check_defense_names(defenses: list[str]) -> None:
-    """Unknown defense names fail before any work (the registries' own message)."""
-    from detox.defenses.detectors import DETECTORS
-    from detox.defenses.purifiers import PURIFIERS
+    """Unknown defense names fail before any work, listing every defense of every kind."""
     from detox.errors import ConfigError
+    from detox.pipeline import defense_names
 
+    known = defense_names()
     for name in defenses:
-        if name not in DETECTORS and name not in PURIFIERS:
-            known = sorted({*DETECTORS.names(), *PURIFIERS.names()})
+        if name.lower() not in known:
             raise ConfigError(
                 f"--defense {name!r}: unknown defense; expected one of {', '.join(known)}"
             )

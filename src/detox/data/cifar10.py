@@ -21,19 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from detox.data.archive import (
-    Checksum,
-    Resource,
-    cached_arrays,
-    check_image_size,
-    check_split,
-    fetch,
-    file_digest,
-    resize_images,
-)
+from detox.data.arrays import cached_arrays
 from detox.data.base import ImageDataset
+from detox.data.fetch import Checksum, Resource, fetch, file_digest
+from detox.data.images import check_image_size, resize_images
 from detox.data.registry import DatasetFacts, register_dataset
 from detox.data.safe_pickle import safe_load
+from detox.data.splits import check_split
 from detox.errors import ChecksumError, DataError
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"

@@ -23,15 +23,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from detox.data.archive import (
+from detox.data.base import ImageDataset
+from detox.data.images import (
     IMAGE_EXTENSIONS,
     check_image_size,
-    check_split,
     nhwc_to_nchw,
     read_images,
     resize_images,
 )
-from detox.data.base import ImageDataset
+from detox.data.splits import check_split
 from detox.errors import DataError
 
 MAX_CLASSES = 100_000  # labels must lie below this (ImageNet-21k has 21,841 classes)

@@ -25,25 +25,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from detox.data.archive import (
-    Checksum,
-    Located,
-    Resource,
-    cached_arrays,
-    check_image_size,
-    check_split,
-    fetch,
-    listing_key,
-    load_npy,
-    locate,
-    nhwc_to_nchw,
-    prepare,
-    read_images,
-    resize_images,
-    search_places,
-)
+from detox.data.arrays import cached_arrays, listing_key, load_npy
 from detox.data.base import ImageDataset
+from detox.data.fetch import Checksum, Located, Resource, fetch, locate, prepare, search_places
+from detox.data.images import check_image_size, nhwc_to_nchw, read_images, resize_images
 from detox.data.registry import DatasetFacts, register_dataset
+from detox.data.splits import check_split
 from detox.errors import DataError
 
 NUM_CLASSES = 43

@@ -6,8 +6,9 @@ import dataclasses
 import os
 from typing import Any
 
-from detox.data.archive import MissingDataError
-from detox.data.registry import DATASETS, SPLITS, dataset_facts, load_dataset
+from detox.data.fetch import MissingDataError
+from detox.data.registry import DATASETS, dataset_facts, load_dataset
+from detox.data.splits import SPLITS
 from detox.errors import DataError
 
 

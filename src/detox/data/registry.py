@@ -19,13 +19,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from detox.data.base import ImageDataset
+from detox.data.base import ImageDataset, stratified_subsample
+from detox.data.folder import load_path
+from detox.data.images import resize_images
+from detox.data.poisoned import PoisonedSet
+from detox.data.splits import SPLITS
 from detox.errors import ConfigError, DataError
 from detox.registry import Registry
 
 Loader = Callable[..., ImageDataset]
 DATASETS: Registry[Loader] = Registry("dataset")
-SPLITS = ("train", "test")
 
 
 @dataclass(frozen=True)
@@ -116,8 +119,6 @@ def load_dataset(
     if name not in DATASETS and (Path(name).expanduser() / "manifest.json").is_file():
         return load_artefact(Path(name).expanduser(), split, image_size)
     if name not in DATASETS and (Path(name).expanduser().exists() or name.endswith(".npz")):
-        from detox.data.folder import load_path
-
         return load_path(Path(name).expanduser(), split=split, image_size=image_size)
     loader = DATASETS.get(name)
     return loader(split=split, data_dir=data_dir, image_size=image_size)
@@ -128,9 +129,6 @@ def load_artefact(path: Path, split: str = "train", image_size: int | None = Non
     dataset: ``train`` = its training images with the labels as trained, ``test`` = the
     clean test set it carries. The meta keeps the source dataset's name, so models get
     that dataset's normalisation."""
-    from detox.data.archive import resize_images
-    from detox.data.poisoned import PoisonedSet
-
     pset = PoisonedSet.load(path)
     meta = {**pset.source, "source": str(path), "source_kind": "poisoned-set", "split": split}
     if split == "train":
@@ -147,8 +145,6 @@ def load_artefact(path: Path, split: str = "train", image_size: int | None = Non
 def load_splits(cfg, data_dir: str | os.PathLike | None = None):
     """Train and test :class:`ImageDataset` for a :class:`~detox.config.DataConfig`,
     each cut to its seeded, class-balanced subset when one is set."""
-    from detox.data.base import stratified_subsample
-
     out = []
     for split, n in (("train", cfg.train_subset), ("test", cfg.test_subset)):
         ds = load_dataset(cfg.dataset, split, data_dir=data_dir, image_size=cfg.image_size)

@@ -15,20 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from detox.data.archive import (
-    IMAGE_EXTENSIONS,
-    Checksum,
-    Resource,
-    cached_arrays,
-    check_image_size,
-    check_split,
-    fetch,
-    listing_key,
-    nhwc_to_nchw,
-    read_images,
-)
+from detox.data.arrays import cached_arrays, listing_key
 from detox.data.base import ImageDataset
+from detox.data.fetch import Checksum, Resource, fetch
+from detox.data.images import IMAGE_EXTENSIONS, check_image_size, nhwc_to_nchw, read_images
 from detox.data.registry import DatasetFacts, register_dataset
+from detox.data.splits import check_split
 from detox.errors import DataError
 
 URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"

@@ -42,7 +42,7 @@ import dataclasses
 import typing
 from typing import Any, TypeVar
 
-from detox.config import make_config
+from detox.config import hp, make_config
 from detox.errors import ConfigError
 
 C = TypeVar("C")
@@ -54,37 +54,73 @@ class DiffusionTrainConfig:
     [ddpm] the DDPM paper/code, [open] chosen here."""
 
     # -- network (diffusers UNet2DModel) --
-    block_out_channels: tuple[int, ...] = (128, 256, 256, 256)  # channels per level [ddpm]
-    layers_per_block: int = 2  # res-blocks per level [ddpm, code]
-    attention_resolutions: tuple[int, ...] = (16,)  # pixels; levels with self-attention [ddpm]
-    mid_attention: bool = True  # attention in the bottleneck block [ddpm]
-    dropout: float = 0.1  # train-time dropout [ddpm]; [code] 0.15
-    norm_num_groups: int = 32  # GroupNorm groups (must divide every channel count)
+    block_out_channels: tuple[int, ...] = hp(
+        (128, 256, 256, 256), "channels per level", "[ddpm]", range="[1, inf)"
+    )
+    layers_per_block: int = hp(2, "res-blocks per level", "[ddpm, code]", range="[1, inf)")
+    attention_resolutions: tuple[int, ...] = hp(
+        (16,), "pixels", "[ddpm]", "levels with self-attention", range="[1, inf)"
+    )
+    mid_attention: bool = hp(True, "", "[ddpm]", "attention in the bottleneck block")
+    dropout: float = hp(
+        0.1, "probability", "[ddpm]; [code] 0.15", "train-time dropout", range="[0, 1)"
+    )
+    norm_num_groups: int = hp(
+        32, "GroupNorm groups", "", "must divide every channel count", range="[1, inf)"
+    )
     # -- noise schedule --
-    beta_schedule: str = "cosine"  # linear | cosine (squaredcos_cap_v2) [paper]; [code] linear
-    num_train_timesteps: int = 1000  # T [paper, code]
-    beta_start: float = 1e-4  # first beta (linear schedule) [code]
-    beta_end: float = 0.02  # last beta (linear schedule) [code]
-    t_max: int | None = None  # timesteps sampled from [0, t_max); None = T [open]
-    continuous_time: bool = False  # fractional levels in (0, t_max]: any schedule [open]
+    beta_schedule: str = hp(
+        "cosine", "linear | cosine (squaredcos_cap_v2)", "[paper]; [code] linear"
+    )
+    num_train_timesteps: int = hp(1000, "timesteps", "[paper, code]", "T", range="[1, inf)")
+    beta_start: float = hp(1e-4, "beta", "[code]", "first beta (linear schedule)", range="(0, 1)")
+    beta_end: float = hp(0.02, "beta", "[code]", "last beta (linear schedule)", range="(0, 1)")
+    t_max: int | None = hp(
+        None, "timesteps", "[open]", "timesteps sampled from [0, t_max); None = T", range="[1, inf)"
+    )
+    continuous_time: bool = hp(False, "", "[open]", "fractional levels in (0, t_max]: any schedule")
     # -- optimisation --
-    steps: int = 125_000  # optimiser steps; [code] 200 epochs x 625 batches of 80
-    batch_size: int = 80  # images per step [code]
-    lr: float = 1e-4  # AdamW peak learning rate [paper, code]
-    weight_decay: float = 1e-4  # AdamW weight decay [code]
-    warmup_steps: int = 12_500  # linear warm-up, then cosine to 0 [code: 10% of training]
-    grad_clip: float = 1.0  # max gradient L2 norm [code]
-    ema_decay: float = 0.9999  # EMA of weights, saved as the model; 0 = no EMA [ddpm]
-    flip: bool = True  # random horizontal flip [code]
-    amp: bool = True  # bf16 autocast on CUDA (never on CPU) [open]
+    steps: int = hp(
+        125_000, "optimiser steps", "[code] 200 epochs x 625 batches of 80", range="[0, inf)"
+    )
+    batch_size: int = hp(80, "images per step", "[code]", range="[1, inf)")
+    lr: float = hp(
+        1e-4, "learning rate", "[paper, code]", "AdamW peak learning rate", range="(0, inf)"
+    )
+    weight_decay: float = hp(1e-4, "factor", "[code]", "AdamW weight decay", range="[0, inf)")
+    warmup_steps: int = hp(
+        12_500,
+        "steps",
+        "[code: 10% of training]",
+        "linear warm-up, then cosine to 0",
+        range="[0, inf)",
+    )
+    grad_clip: float = hp(
+        1.0, "L2 norm", "[code]", "max gradient L2 norm; 0 = no clipping", range="[0, inf)"
+    )
+    ema_decay: float = hp(
+        0.9999,
+        "factor",
+        "[ddpm]",
+        "EMA of weights, saved as the model; 0 = no EMA",
+        range="[0, 1)",
+    )
+    flip: bool = hp(True, "", "[code]", "random horizontal flip")
+    amp: bool = hp(True, "", "[open]", "bf16 autocast on CUDA (never on CPU)")
     # -- bookkeeping --
-    log_every: int = 100  # steps per loss-log entry
-    checkpoint_every: int = 2_000  # steps between checkpoints (and at the end)
-    max_minutes: float = 0.0  # stop (and save) after this wall time; 0 = no limit
-    resume: bool = True  # continue from out_dir/train_state.pt when it exists
-    init_from: str | None = None  # start from this diffusers model's weights (same network) [open]
-    seed: int = 0  # init, batches, timesteps and noise
-    progress: bool = True  # progress bar
+    log_every: int = hp(100, "steps", help="steps per loss-log entry", range="[1, inf)")
+    checkpoint_every: int = hp(
+        2_000, "steps", help="steps between checkpoints (and at the end)", range="[1, inf)"
+    )
+    max_minutes: float = hp(
+        0.0, "minutes", help="stop (and save) after this wall time; 0 = no limit", range="[0, inf)"
+    )
+    resume: bool = hp(True, help="continue from out_dir/train_state.pt when it exists")
+    init_from: str | None = hp(
+        None, "path or hub id", "[open]", "start from this diffusers model's weights (same network)"
+    )
+    seed: int = hp(0, "seed", help="init, batches, timesteps and noise")
+    progress: bool = hp(True, help="progress bar")
 
     PRESETS: typing.ClassVar[dict[str, dict[str, Any]]] = {
         "smoke": {
@@ -143,22 +179,15 @@ class DiffusionTrainConfig:
     PRESETS["cpu"] = PRESETS["quick"]
 
     def validate(self) -> None:
+        """Checks across fields and the schedule name (each field's range: ``hp``)."""
         from detox.diffusion.backend import normalize_schedule
 
-        normalize_schedule(self.beta_schedule)
-        if self.steps < 0 or self.batch_size < 1 or self.lr <= 0:
-            raise ConfigError("steps must be >= 0, batch_size >= 1 and lr > 0")
-        if self.t_max is not None and not 1 <= self.t_max <= self.num_train_timesteps:
+        normalize_schedule(self.beta_schedule)  # names and aliases, case-insensitive
+        if self.t_max is not None and self.t_max > self.num_train_timesteps:
             raise ConfigError(
                 f"t_max={self.t_max}: expected 1 <= t_max <= num_train_timesteps "
                 f"({self.num_train_timesteps})"
             )
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ConfigError(f"ema_decay={self.ema_decay}: expected 0 <= ema_decay < 1")
-        if self.log_every < 1 or self.checkpoint_every < 1:
-            raise ConfigError("log_every and checkpoint_every must be >= 1")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"dropout={self.dropout}: expected 0 <= dropout < 1")
 
     @property
     def effective_t_max(self) -> int:

@@ -3,6 +3,8 @@
     data -> poison (attacks, seeded) -> train the victim (cached) -> evaluate CA / PA / ASR
          -> [detector: score -> cut -> retrain on the kept examples -> evaluate + detection]
          -> [purifier: purify test inputs -> evaluate]
+         -> [input filter: fit on trusted inputs -> reject test inputs -> evaluate]
+         -> [model repair: repair a copy of the victim -> evaluate]
 
 Each step is a function so that commands, benchmarks and tests compose them. Victims are
 cached by a content hash of their training data, training config and code version: a
@@ -15,6 +17,12 @@ victims), :mod:`~detox.pipeline.evaluation` (CA / PA / ASR, purified evaluation)
 """
 
 from detox.pipeline.defenses import (
+    DEFENSE_KINDS,
+    DefenseKind,
+    DefenseRun,
+    defense_kind,
+    defense_names,
+    register_kind,
     run_defense,
 )
 from detox.pipeline.detection import (
@@ -30,6 +38,7 @@ from detox.pipeline.detection import (
 )
 from detox.pipeline.evaluation import (
     evaluate_backdoor,
+    filtered_evaluation,
     purification_samples,
     purified_evaluation,
 )
@@ -37,13 +46,19 @@ from detox.pipeline.victims import (
     ExperimentConfig,
     make_poisoned_set,
     resolve_configs,
-    train_classifier,
     train_victim,
-    victim_key,
 )
+from detox.trained import train_classifier, victim_key
 
 __all__ = [
+    "DEFENSE_KINDS",
+    "DefenseKind",
+    "DefenseRun",
     "Detection",
+    "defense_kind",
+    "defense_names",
+    "filtered_evaluation",
+    "register_kind",
     "ExperimentConfig",
     "choose_probes",
     "cleanse_and_retrain",

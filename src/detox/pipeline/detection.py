@@ -88,7 +88,7 @@ def choose_probes(
     """The trusted clean examples a detector is given (None when it takes none): a seeded
     sample of ``trusted`` indices when the user vouches for some, else of the truly clean
     examples of a set with ground truth (as the BaDLoss paper's benchmarks do)."""
-    if not detector.needs_probes:
+    if not getattr(detector, "needs_probes", False):
         return None
     n = int(detector.config.n_probes)
     balanced = bool(getattr(detector.config, "class_balanced_probes", False))
@@ -158,17 +158,22 @@ def write_detection(
     pset: PoisonedSet,
     found: Detection,
     scores_file: str,
-) -> None:
+) -> dict[str, Path]:
     """A detection's files: the per-example scores CSV and, with ground truth, the score
-    histogram, the ROC and the detector's own figures."""
+    histogram, the ROC and the detector's own figures. Returns the figures written
+    (caption -> path)."""
     out = Path(out_dir)
     write_scores(out / scores_file, pset, found.scores, found.removed, found.protected)
     if found.report is None:
-        return
-    detector_figures(out, name, pset, {"scores": found.scores, "removed": found.removed})
+        return {}
+    hist, roc = detector_figures(
+        out, name, pset, {"scores": found.scores, "removed": found.removed}
+    )
+    figures = {"scores, clean vs poisoned": hist, "ROC per attack": roc}
     plot = getattr(detector, "plot_artifacts", None)
     if plot is not None:
-        plot(found.artifacts, pset, out)
+        figures.update((plot(found.artifacts, pset, out) or {}).get("figures", {}))
+    return figures
 
 
 def cleanse_and_retrain(

@@ -105,3 +105,44 @@ def purified_evaluation(
         "images_from_cache": cached,
         "images_per_second": round((n[0] - cached) / max(secs, 1e-9), 3),
     }
+
+
+def filtered_evaluation(
+    filt: Any, ctx: Any, victim: nn.Module, pset: PoisonedSet
+) -> dict[str, Any]:
+    """CA / PA / ASR of ``victim`` behind the fitted input filter ``filt``.
+
+    A rejected input is answered with no class (prediction -1): a rejected clean image
+    counts against CA, a rejected triggered image is a failed attack. Adds ``frr`` (clean
+    test images rejected) and, per attack, ``rejected`` (its triggered images rejected)."""
+    import numpy as np
+
+    if pset.test is None:
+        raise ConfigError("evaluate: the poisoned set carries no test set")
+
+    def _pred(x: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
+        rej = np.asarray(filt.reject(x, ctx), dtype=bool)
+        if rej.shape != (len(x),):
+            raise ConfigError(
+                f"input filter {filt.name!r}: {rej.shape} verdicts for {len(x)} inputs"
+            )
+        p = predict(victim, x).clone()
+        p[torch.from_numpy(rej)] = -1
+        return p, rej
+
+    p, rej = _pred(pset.test.x)
+    out: dict[str, Any] = {
+        "ca": clean_accuracy(p, pset.test.y),
+        "frr": float(rej.mean()) if len(rej) else float("nan"),
+        "n_test": len(pset.test),
+        "attacks": {},
+    }
+    for name, t in pset.triggered.items():
+        p, rej = _pred(t.x)
+        out["attacks"][name] = {
+            "asr": attack_success_rate(p, t.y_target, t.y_true),
+            "pa": poisoned_accuracy(p, t.y_true, t.y_target),
+            "rejected": float(rej.mean()) if len(rej) else float("nan"),
+            "n": len(t),
+        }
+    return out

@@ -8,34 +8,31 @@ reused by every defense that needs it.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
-import shutil
-import tempfile
 import typing
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from detox import __version__
-from detox.config import ConfigError, DataConfig, asdict, make_config
+from detox.config import ConfigError, DataConfig, hp, make_config
 from detox.data import PoisonedSet, load_splits
-from detox.data.paths import cache_dir
-from detox.models import build_model, load_checkpoint, save_checkpoint
-from detox.training import TrainConfig, train
+from detox.trained import train_classifier
+from detox.training import TrainConfig
 from detox.utils.device import resolve_device
-from detox.utils.io import atomic_write_json, read_json
 
 
 @dataclasses.dataclass
 class ExperimentConfig:
     """Settings of the pipeline itself (data and training have their own configs)."""
 
-    test_limit: int | None = None  # triggered test images per attack; None = all eligible
-    cache_victims: bool = True  # reuse a victim trained on the same data and config
+    test_limit: int | None = hp(
+        None,
+        "images",
+        help="triggered test images per attack; None = all eligible",
+        range="[1, inf)",
+    )
+    cache_victims: bool = hp(True, help="reuse a victim trained on the same data and config")
 
     PRESETS: typing.ClassVar[dict[str, dict[str, Any]]] = {
         "smoke": {"test_limit": 200},
@@ -81,87 +78,41 @@ def make_poisoned_set(
 # victims
 
 
-def _code_version() -> str:
-    """Digest of the code a trained model depends on: the training loop, every model module
-    and every detox module they import (transitively), plus the library versions."""
-    import detox.models as models_pkg
-    import detox.training as training_mod
-    from detox.utils.fingerprint import code_fingerprint
-
-    models = [f"detox.models.{f.stem}" for f in Path(models_pkg.__file__).parent.glob("*.py")]
-    return __version__ + ":" + code_fingerprint(training_mod, *models)[:16]
-
-
-def victim_key(x: torch.Tensor, y: torch.Tensor, tcfg: TrainConfig, extra: Any = None) -> str:
-    """Content hash of (training images, labels, training config, code version, ``extra``:
-    the dataset, its normalisation and the runtime)."""
-    h = hashlib.sha256()
-    h.update(np.ascontiguousarray(x.cpu().numpy()).tobytes())
-    h.update(np.ascontiguousarray(y.cpu().numpy()).tobytes())
-    cfg = {k: v for k, v in asdict(tcfg).items() if k != "progress"}
-    h.update(repr(sorted(cfg.items())).encode())
-    h.update(repr(extra).encode())
-    h.update(_code_version().encode())
-    return h.hexdigest()[:24]
-
-
-def train_classifier(
-    x: torch.Tensor,
-    y: torch.Tensor,
-    classes: list[str],
-    tcfg: TrainConfig,
-    device: torch.device | str,
-    dataset: str | None = None,
-    cache: bool = True,
-    desc: str = "victim",
-) -> tuple[nn.Module, dict[str, Any]]:
-    """Train (or load from the victim cache) a classifier on uint8 images ``x``."""
-    from detox.models.base import normalization_for
-    from detox.utils.fingerprint import runtime_fingerprint
-
-    dev = resolve_device(device) if isinstance(device, str) else device
-    key = victim_key(x, y, tcfg, (dataset, normalization_for(dataset), runtime_fingerprint(dev)))
-    folder = cache_dir() / "victims" / key
-    if cache and (folder / "model.safetensors").is_file() and (folder / "train.json").is_file():
-        info = read_json(folder / "train.json")
-        info["cached"] = True
-        return load_checkpoint(folder, device), info
-    model = build_model(
-        tcfg.model,
-        len(classes),
-        width=tcfg.width,
-        in_channels=x.shape[1],
-        dataset=dataset,
-        seed=tcfg.seed,
-    )
-    res = train(model, x, y, tcfg, device=device, desc=desc)
-    info = {
-        "key": key,
-        "train_seconds": round(res.seconds, 2),
-        "images_per_second": round(res.images_per_second, 1),
-        "history": res.history,
-        "cached": False,
-    }
-    if cache:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{key}."))
-        try:
-            save_checkpoint(res.model, tmp, extra={"classes": classes, "train": asdict(tcfg)})
-            atomic_write_json(tmp / "train.json", info)
-            if folder.exists():
-                shutil.rmtree(folder, ignore_errors=True)
-            os.replace(tmp, folder)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return res.model, info
-
-
 def train_victim(
     pset: PoisonedSet, tcfg: TrainConfig, device: torch.device | str, cache: bool = True
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """The victim: a classifier trained on the poisoned set as the attacker left it."""
+    """The victim: a classifier trained on the poisoned set as the attacker left it.
+
+    A training-controlled attack of the set (``controls_training`` in its record) shapes
+    the training through its :class:`~detox.training.TrainHook`; once the victim exists,
+    its triggered test set is made (with what the hook learned) and added to ``pset``."""
+    from detox.attacks.context import AttackContext
+    from detox.attacks.poison import attack_from_record, triggered_test_set
+
     dataset = pset.source.get("dataset") or pset.source.get("name")
-    return train_classifier(pset.x, pset.y, pset.classes, tcfg, device, dataset, cache)
+    controlling = [r for r in pset.attacks if r.get("controls_training")]
+    attacks, hooks = [], []
+    for rec in controlling:
+        attack = attack_from_record(rec, pset.num_classes)
+        ctx = AttackContext(
+            train=pset.as_dataset(), seed=attack.seed, device=resolve_device(device),
+            dataset=dataset, progress=tcfg.progress, cache=cache,
+        )  # fmt: skip
+        attacks.append((rec, attack))
+        hooks.append(attack.training_hook(ctx))
+    model, info = train_classifier(
+        pset.x, pset.y, pset.classes, tcfg, device, dataset, cache, hooks=hooks
+    )
+    for rec, attack in attacks:
+        if pset.test is not None and rec["name"] not in pset.triggered:
+            t = triggered_test_set(
+                attack, pset.test, pset.seed, rec["index"], rec["attack"], rec.get("test_limit"),
+                resolve_device(device),
+            )  # fmt: skip
+            if t is not None:
+                pset.triggered[rec["name"]] = t
+                rec["n_triggered_test"] = len(t)
+    return model, info
 
 
 # ---------------------------------------------------------------------------------------

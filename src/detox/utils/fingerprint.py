@@ -221,7 +221,7 @@ def runtime_fingerprint(device: torch.device | str) -> dict[str, Any]:
 
 def state_fingerprint(model: torch.nn.Module | Mapping[str, torch.Tensor]) -> str:
     """sha256 (hex) of a model's state (parameter and buffer names, dtypes, shapes, bytes):
-    the ``model_fingerprint`` of a purifier that uses the classifier."""
+    the ``model_fingerprint`` of a purifier that needs the classifier."""
     state = model.state_dict() if isinstance(model, torch.nn.Module) else model
     h = hashlib.sha256(b"detox.state_fingerprint/1")
     for k in sorted(state):

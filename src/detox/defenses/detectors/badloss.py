@@ -78,7 +78,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from detox.config import make_config
+from detox.config import hp, make_config
 from detox.defenses.cut import cut_fraction, cut_threshold
 from detox.defenses.detectors.base import DETECTORS, Detector, DetectorContext
 from detox.defenses.probes import select_probes
@@ -119,26 +119,78 @@ OPTIMIZER_PRESETS: dict[str, dict[str, Any]] = {
 class BaDLossConfig:
     """BaDLoss hyper-parameters (unit, source). See the module docstring."""
 
-    n_probes: int = 250  # bona fide clean probes, added as extra copies; examples [paper]
-    class_balanced_probes: bool = False  # draw probes evenly per class [open, rebuttal]
-    pretrain_epochs: int = 30  # pre-training epochs recorded; epochs [paper]
-    pretrain_augment: bool = False  # crop/flip during pre-training [code: off]
-    optimizer_preset: str = "sgd"  # sgd | adamw | final: pre-training recipe [code: sgd]
-    schedule_epochs: int | None = None  # epochs the pre-training LR schedule spans; None =
-    #   the final run's [code]
-    batch_size: int | None = None  # pre-training batch; None = the recipe's (final: the run's)
-    k: int = 50  # nearest probe trajectories averaged; neighbours [paper]
-    eps: float = 0.01  # offset of the score log(eps + d); loss units [code]
-    log_scores: bool = True  # log(eps + d) before min-max (False: d) [code]
-    epoch_filter: bool = True  # drop loss-spike epochs [code]
-    filter_keep_first: int = 3  # epochs always kept by the filter; epochs [code]
-    filter_factor: float = 2.0  # keep an epoch if mean < factor x reference; ratio [code]
-    filter_window: int = 3  # reference = mean of the last this many kept means; epochs [code]
-    exclude_self: bool = False  # drop a probe's own copy from its neighbours [open; code: no]
-    remove_fraction: float = 0.4  # removed fraction of the whole set, probes kept [paper]
-    cut: str = "fraction"  # fraction | probe-quantile (adaptive) [open]
-    probe_quantile: float = 0.95  # probe-quantile cut: remove scores above it; quantile [open]
-    knn_chunk: int = 16384  # query rows per k-NN chunk on the device; rows [impl]
+    n_probes: int = hp(
+        250,
+        "examples",
+        "[paper]",
+        "bona fide clean probes, added as extra copies",
+        range="[1, inf)",
+    )
+    class_balanced_probes: bool = hp(False, "", "[open, rebuttal]", "draw probes evenly per class")
+    pretrain_epochs: int = hp(
+        30, "epochs", "[paper]", "pre-training epochs recorded", range="[1, inf)"
+    )
+    pretrain_augment: bool = hp(False, "", "[code: off]", "crop/flip during pre-training")
+    optimizer_preset: str = hp(
+        "sgd",
+        "sgd | adamw | final",
+        "[code: sgd]",
+        "pre-training recipe",
+        choices=tuple(OPTIMIZER_PRESETS),
+    )
+    schedule_epochs: int | None = hp(
+        None,
+        "epochs",
+        "[code]",
+        "epochs the pre-training LR schedule spans; None = the final run's",
+        range="[1, inf)",
+    )
+    batch_size: int | None = hp(
+        None,
+        "images",
+        help="pre-training batch; None = the recipe's (final: the run's)",
+        range="[1, inf)",
+    )
+    k: int = hp(
+        50, "neighbours", "[paper]", "nearest probe trajectories averaged", range="[1, inf)"
+    )
+    eps: float = hp(
+        0.01, "loss units", "[code]", "offset of the score log(eps + d)", range="(0, inf)"
+    )
+    log_scores: bool = hp(True, "", "[code]", "log(eps + d) before min-max (False: d)")
+    epoch_filter: bool = hp(True, "", "[code]", "drop loss-spike epochs")
+    filter_keep_first: int = hp(
+        3, "epochs", "[code]", "epochs always kept by the filter", range="[1, inf)"
+    )
+    filter_factor: float = hp(
+        2.0, "ratio", "[code]", "keep an epoch if mean < factor x reference", range="(0, inf)"
+    )
+    filter_window: int = hp(
+        3, "epochs", "[code]", "reference = mean of the last this many kept means", range="[1, inf)"
+    )
+    exclude_self: bool = hp(
+        False, "", "[open; code: no]", "drop a probe's own copy from its neighbours"
+    )
+    remove_fraction: float = hp(
+        0.4, "fraction", "[paper]", "removed fraction of the whole set, probes kept", range="[0, 1]"
+    )
+    cut: str = hp(
+        "fraction",
+        "fraction | probe-quantile",
+        "[open]",
+        "probe-quantile: adaptive",
+        choices=CUT_MODES,
+    )
+    probe_quantile: float = hp(
+        0.95,
+        "quantile",
+        "[open]",
+        "probe-quantile cut: remove scores above it",
+        range="[0, 1]",
+    )
+    knn_chunk: int = hp(
+        16384, "rows", "[impl]", "query rows per k-NN chunk on the device", range="[1, inf)"
+    )
 
     PRESETS: typing.ClassVar[dict[str, dict[str, Any]]] = {
         "smoke": {"n_probes": 50, "pretrain_epochs": 3, "k": 10},
@@ -149,37 +201,17 @@ class BaDLossConfig:
     }
 
     def validate(self) -> None:
-        if self.n_probes < 1 or self.pretrain_epochs < 1:
-            raise ConfigError("n_probes and pretrain_epochs must be >= 1")
-        if not 1 <= self.k <= self.n_probes - int(self.exclude_self):
+        """Checks across fields (each field's range and choices: ``hp``)."""
+        if self.k > self.n_probes - int(self.exclude_self):
             raise ConfigError(
                 f"k={self.k}: expected 1 <= k <= n_probes{' - 1' if self.exclude_self else ''}"
                 f" = {self.n_probes - int(self.exclude_self)}"
             )
-        if self.eps <= 0:
-            raise ConfigError(f"eps={self.eps}: expected > 0")
-        if self.cut not in CUT_MODES:
-            raise ConfigError(f"cut {self.cut!r}: expected one of {', '.join(CUT_MODES)}")
-        if not 0.0 <= self.remove_fraction <= 1.0:
-            raise ConfigError(f"remove_fraction={self.remove_fraction}: expected in [0, 1]")
-        if not 0.0 <= self.probe_quantile <= 1.0:
-            raise ConfigError(f"probe_quantile={self.probe_quantile}: expected in [0, 1]")
-        if self.optimizer_preset not in OPTIMIZER_PRESETS:
-            raise ConfigError(
-                f"optimizer_preset {self.optimizer_preset!r}: expected one of "
-                f"{', '.join(OPTIMIZER_PRESETS)}"
-            )
-        if self.filter_keep_first < 1 or self.filter_window < 1 or self.filter_factor <= 0:
-            raise ConfigError("filter_keep_first and filter_window must be >= 1, filter_factor > 0")
-        if self.knn_chunk < 1:
-            raise ConfigError(f"knn_chunk={self.knn_chunk}: expected >= 1")
         if self.schedule_epochs is not None and self.schedule_epochs < self.pretrain_epochs:
             raise ConfigError(
                 f"schedule_epochs={self.schedule_epochs}: expected >= pretrain_epochs "
                 f"({self.pretrain_epochs})"
             )
-        if self.batch_size is not None and self.batch_size < 1:
-            raise ConfigError(f"batch_size={self.batch_size}: expected >= 1")
 
 
 # ---------------------------------------------------------------------------------------
@@ -550,7 +582,7 @@ class BaDLoss(Detector):
 
     def plot_artifacts(self, artifacts: dict[str, Any], pset: Any, out_dir: Any) -> dict[str, Any]:
         """Loss-trajectory figure and the AUROC-by-epoch-count curve (ground truth from
-        ``pset``) into ``out_dir``; returns the curve."""
+        ``pset``) into ``out_dir``; returns the curve and ``figures`` (caption -> path)."""
         from pathlib import Path
 
         from detox.plots.trajectories import plot_trajectories
@@ -560,10 +592,12 @@ class BaDLoss(Detector):
         if traj is None:
             return {}
         out = Path(out_dir)
+        figures = {}
         for center, png in (
             ("median", "badloss_trajectories"),
             ("mean", "badloss_mean_trajectories"),
         ):
+            figures[f"loss trajectories ({center} per attack)"] = out / f"{png}.png"
             plot_trajectories(
                 traj,
                 pset.attack_id,
@@ -594,7 +628,7 @@ class BaDLoss(Detector):
             "kept_epochs": [int(e) for e in kept] if kept is not None else None,
         }
         atomic_write_json(out / "badloss_auroc_by_epochs.json", result)
-        return result
+        return {**result, "figures": figures}
 
     def cut(self, scores: Any, probes: Any) -> np.ndarray:
         """Removal mask: ``remove_fraction`` of the whole set (``cut="fraction"``) or every

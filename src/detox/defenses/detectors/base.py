@@ -12,24 +12,24 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
 
-from detox.config import make_config
 from detox.data.base import ImageDataset
+from detox.defenses.context import DefenseContext, DefenseMethod, build_method
 from detox.registry import Registry
 
 
 @dataclasses.dataclass
-class DetectorContext:
-    """Everything a detector may use besides the data.
+class DetectorContext(DefenseContext):
+    """Everything a detector may use besides the data: the fields of
+    :class:`~detox.defenses.context.DefenseContext` (``model``: a classifier trained on the
+    poisoned training set, given to detectors that declare ``needs_model`` (UltraClean);
+    ``probes``: indices of trusted clean examples within the data (BaDLoss's probes);
+    ``train_config``: the :class:`~detox.training.TrainConfig` of the final training run;
+    device, seed, dataset), plus:
 
-    ``model``: a classifier trained on the poisoned training set (eval mode, [0,1] input).
-    ``probes``: indices of trusted clean examples within the data (BaDLoss's probes).
-    ``train_config``: the :class:`~detox.training.TrainConfig` of the final training run.
     ``artifacts``: a dict the detector may fill with extra outputs (e.g. trajectories) for
     plots and reports; ``artifacts["score_parts"]`` (name -> per-example values that make
     up the score) gets each part's AUROC into the detection report.
@@ -38,12 +38,6 @@ class DetectorContext:
     truth; the budget of UltraClean's "target class known" cut), else None.
     """
 
-    model: nn.Module | None = None
-    probes: np.ndarray | None = None
-    train_config: Any = None
-    device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
-    seed: int = 0
-    progress: bool = True
     artifacts: dict[str, Any] = dataclasses.field(default_factory=dict)
     labels: np.ndarray | None = None
     n_poisons: int | None = None
@@ -56,16 +50,9 @@ class DetectorContext:
         return cls(labels=data.y.numpy(), n_poisons=n, **kwargs)
 
 
-class Detector(ABC):
-    """Base class of training-set defenses."""
-
-    name: ClassVar[str]
-    Config: ClassVar[type]
-    needs_model: ClassVar[bool] = False  # needs a model trained on the poisoned set
-    needs_probes: ClassVar[bool] = False  # needs trusted clean examples
-
-    def __init__(self, config: Any | None = None) -> None:
-        self.config = config if config is not None else make_config(self.Config)
+class Detector(DefenseMethod, ABC):
+    """Base class of training-set defenses (``needs_model``: a model trained on the
+    poisoned set; ``needs_probes``: trusted clean examples)."""
 
     @abstractmethod
     def score(self, data: ImageDataset, ctx: DetectorContext) -> np.ndarray:
@@ -90,5 +77,4 @@ DETECTORS: Registry[type[Detector]] = Registry("detector")
 
 
 def build_detector(name: str, preset: str | None = None, **overrides: Any) -> Detector:
-    cls = DETECTORS.get(name)
-    return cls(make_config(cls.Config, preset, **overrides))
+    return build_method(DETECTORS, name, preset, **overrides)

@@ -91,6 +91,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from detox.config import hp
 from detox.defenses.cut import cut_in_class
 from detox.defenses.detectors.base import DETECTORS, Detector, DetectorContext
 from detox.errors import ConfigError, DataError
@@ -105,22 +106,63 @@ SCORE_SPACES = ("logits", "softmax")
 class UltraCleanConfig:
     """UltraClean hyper-parameters (unit, source). See the module docstring."""
 
-    median_size: tuple[int, int] = (2, 2)  # median window (rows, cols); pixels [code]
-    median_mode: str = "all-channels"  # all-channels (12 values) [code] | per-channel [open]
-    nlm_h: float = 5.0  # NLM filter strength, luminance; uint8 intensity [code]
-    nlm_h_color: float = 5.0  # NLM filter strength, colour components; uint8 intensity [code]
-    nlm_template: int = 7  # NLM template patch side; pixels, odd [code]
-    nlm_search: int = 13  # NLM search window side; pixels, odd [code]
-    nlm_swap_rb: bool = False  # give OpenCV BGR (its convention); False = RGB as the authors [open]
-    score_space: str = "logits"  # logits [code, PyTorch] | softmax [code, TF/LCBD, HTBD]
-    remove_fraction: float = 0.3  # removed fraction of the whole set [code, dirty-label]
-    known_target_factor: float = 1.5  # budget = factor x poisons; ratio [code; HTBD 1.35]
-    known_target: int | None = None  # class known to be the target: cut only there [code]
-    known_poisons: int | None = None  # poisons for that budget; None = the set's ground truth
-    batch_size: int = 256  # images per forward pass (and per pipeline block) [impl]
-    nlm_chunk: int = 64  # images per NLM job (one OpenCV call on a mosaic) [impl]
-    workers: int | None = None  # NLM threads; None = all available CPU cores [impl]
-    fold_batchnorm: bool = True  # fold eval-mode BN into the preceding convs (a copy) [impl]
+    median_size: tuple[int, int] = hp(
+        (2, 2), "pixels (rows, cols)", "[code]", "median window", range="[1, inf)"
+    )
+    median_mode: str = hp(
+        "all-channels",
+        "all-channels | per-channel",
+        "[code] all-channels (12 values); [open] per-channel",
+        choices=MEDIAN_MODES,
+    )
+    nlm_h: float = hp(
+        5.0, "uint8 intensity", "[code]", "NLM filter strength, luminance", range="[0, inf)"
+    )
+    nlm_h_color: float = hp(
+        5.0, "uint8 intensity", "[code]", "NLM filter strength, colour components", range="[0, inf)"
+    )
+    nlm_template: int = hp(7, "pixels, odd", "[code]", "NLM template patch side", range="[1, inf)")
+    nlm_search: int = hp(13, "pixels, odd", "[code]", "NLM search window side", range="[1, inf)")
+    nlm_swap_rb: bool = hp(
+        False, "", "[open]", "give OpenCV BGR (its convention); False = RGB as the authors"
+    )
+    score_space: str = hp(
+        "logits",
+        "logits | softmax",
+        "[code, PyTorch] logits; [code, TF/LCBD, HTBD] softmax",
+        choices=SCORE_SPACES,
+    )
+    remove_fraction: float = hp(
+        0.3, "fraction", "[code, dirty-label]", "removed fraction of the whole set", range="[0, 1]"
+    )
+    known_target_factor: float = hp(
+        1.5, "ratio", "[code; HTBD 1.35]", "budget = factor x poisons", range="(0, inf)"
+    )
+    known_target: int | None = hp(
+        None,
+        "class index",
+        "[code]",
+        "class known to be the target: cut only there",
+        range="[0, inf)",
+    )
+    known_poisons: int | None = hp(
+        None,
+        "examples",
+        help="poisons for that budget; None = the set's ground truth",
+        range="[0, inf)",
+    )
+    batch_size: int = hp(
+        256, "images", "[impl]", "per forward pass (and per pipeline block)", range="[1, inf)"
+    )
+    nlm_chunk: int = hp(
+        64, "images", "[impl]", "per NLM job (one OpenCV call on a mosaic)", range="[1, inf)"
+    )
+    workers: int | None = hp(
+        None, "threads", "[impl]", "NLM threads; None = all available CPU cores", range="[1, inf)"
+    )
+    fold_batchnorm: bool = hp(
+        True, "", "[impl]", "fold eval-mode BN into the preceding convs (a copy)"
+    )
 
     PRESETS: typing.ClassVar[dict[str, dict[str, Any]]] = {
         "smoke": {"nlm_chunk": 32},
@@ -130,34 +172,13 @@ class UltraCleanConfig:
     }
 
     def validate(self) -> None:
-        if len(self.median_size) != 2 or min(self.median_size) < 1:
-            raise ConfigError(f"median_size={self.median_size}: expected two sizes >= 1")
-        if self.median_mode not in MEDIAN_MODES:
-            raise ConfigError(
-                f"median_mode {self.median_mode!r}: expected one of {', '.join(MEDIAN_MODES)}"
-            )
-        if self.score_space not in SCORE_SPACES:
-            raise ConfigError(
-                f"score_space {self.score_space!r}: expected one of {', '.join(SCORE_SPACES)}"
-            )
+        """What no declared range says (each field's range and choices: ``hp``)."""
+        if len(self.median_size) != 2:
+            raise ConfigError(f"median_size={self.median_size}: expected two sizes (rows, cols)")
         for k in ("nlm_template", "nlm_search"):
             v = getattr(self, k)
-            if v < 1 or v % 2 == 0:
+            if v % 2 == 0:
                 raise ConfigError(f"{k}={v}: expected an odd size >= 1")
-        if self.nlm_h < 0 or self.nlm_h_color < 0:
-            raise ConfigError("nlm_h and nlm_h_color must be >= 0")
-        if not 0.0 <= self.remove_fraction <= 1.0:
-            raise ConfigError(f"remove_fraction={self.remove_fraction}: expected in [0, 1]")
-        if self.known_target_factor <= 0:
-            raise ConfigError(f"known_target_factor={self.known_target_factor}: expected > 0")
-        for k in ("known_target", "known_poisons"):
-            v = getattr(self, k)
-            if v is not None and v < 0:
-                raise ConfigError(f"{k}={v}: expected a non-negative integer or None")
-        if self.batch_size < 1 or self.nlm_chunk < 1:
-            raise ConfigError("batch_size and nlm_chunk must be >= 1")
-        if self.workers is not None and self.workers < 1:
-            raise ConfigError(f"workers={self.workers}: expected >= 1 (or None = all cores)")
 
     @property
     def median_window(self) -> tuple[int, int, int]:

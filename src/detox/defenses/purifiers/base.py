@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from detox.config import make_config
 from detox.data.base import to_float, to_uint8
+from detox.defenses.context import DefenseMethod
 from detox.errors import ConfigError
 from detox.registry import Registry
 from detox.utils.device import resolve_device
@@ -81,20 +82,35 @@ class NoiseStreams:
         return out
 
 
-class Purifier(ABC):
+class Purifier(DefenseMethod, ABC):
     """Base class of test-time purifiers. Subclasses implement :meth:`_purify_batch`."""
 
-    name: ClassVar[str]
-    Config: ClassVar[type]
-    #: True for a purifier whose output depends on the classifier it protects: its cache
-    #: key then needs the classifier's ``model_fingerprint`` (see :meth:`fingerprint`).
-    uses_model: ClassVar[bool] = False
+    #: True for a model-aware purifier (its output depends on the classifier it protects:
+    #: Sancdifi's saliency, BDMAE's and Lite-BD's queries). :meth:`prepare` then receives
+    #: the victim in the :class:`~detox.defenses.context.DefenseContext` (``self.victim``),
+    #: and its cached results are keyed by the victim's weights (``model_fingerprint``).
+    needs_model: ClassVar[bool] = False
 
     def __init__(self, config: Any | None = None) -> None:
-        self.config = config if config is not None else make_config(self.Config)
+        super().__init__(config)
         self.device = torch.device("cpu")
         self.warnings: list[str] = []
         self.cached_images = 0  # images :func:`purify_all` served from its cache
+        self.victim: Any = None  # the classifier it protects, if it needs_model (prepare)
+        self.model_fingerprint: str | None = None
+
+    def prepare(self, ctx: Any) -> Purifier:
+        """Receive the run's :class:`~detox.defenses.context.DefenseContext` before
+        purifying: a purifier that :attr:`needs_model` keeps the victim and its fingerprint
+        (the runner gives the model only to those). Subclasses that override it call this
+        one first."""
+        if self.needs_model:
+            if ctx.model is None or not ctx.model_fingerprint:
+                raise ConfigError(
+                    f"purifier {self.name!r} needs the victim model and its fingerprint"
+                )
+            self.victim, self.model_fingerprint = ctx.model, ctx.model_fingerprint
+        return self
 
     def to(self, device: str | torch.device) -> Purifier:
         self.device = resolve_device(device)
@@ -146,14 +162,16 @@ class Purifier(ABC):
         result), its code (:func:`~detox.utils.fingerprint.code_fingerprint` of the
         purifier's classes: the source of their modules and of every detox module they
         import, transitively, plus library versions), its weights
-        (:meth:`_fingerprint_extra`) and, for a purifier that :attr:`uses_model`, the
-        classifier (``model_fingerprint``, required then; ignored otherwise). Keys the
-        purified-image cache of :func:`purify_all`."""
+        (:meth:`_fingerprint_extra`) and, for a purifier that :attr:`needs_model`, the
+        classifier (``model_fingerprint``, default: the one :meth:`prepare` received;
+        required then, ignored otherwise). Keys the purified-image cache of
+        :func:`purify_all`."""
         import hashlib
 
         from detox.utils.fingerprint import code_fingerprint
 
-        if self.uses_model and not model_fingerprint:
+        model_fingerprint = model_fingerprint or self.model_fingerprint
+        if self.needs_model and not model_fingerprint:
             raise ConfigError(
                 f"purifier {self.name!r} uses the classifier, so its cached results must be "
                 "keyed by it: pass model_fingerprint= (e.g. "
@@ -165,7 +183,7 @@ class Purifier(ABC):
         classes = [c for c in type(self).__mro__ if isinstance(c, type) and issubclass(c, Purifier)]
         h.update(code_fingerprint(*classes).encode())
         h.update(self._fingerprint_extra())
-        if self.uses_model:
+        if self.needs_model:
             h.update(f"model:{model_fingerprint}".encode())
         return h.hexdigest()[:24]
 
@@ -210,10 +228,10 @@ def purify_all(
     Image ``k`` of the set always gets the noise of position ``k``, whatever
     ``batch_size`` is.
 
-    ``cache=True`` keeps the result under ``<cache dir>/purified/`` keyed by
+    ``cache=True`` keeps the result in the ``purified`` store of :mod:`detox.cache`, keyed by
     :func:`purified_cache_key` (the images, the seed, the device type and
     :meth:`Purifier.fingerprint`: settings, code, weights, and the classifier's
-    ``model_fingerprint`` for a purifier that uses it), written atomically: the same clean
+    ``model_fingerprint`` for a purifier that needs it), written atomically: the same clean
     test set purified for several attacks' victims is computed once.
     """
     if not torch.is_tensor(x_uint8) or x_uint8.dtype != torch.uint8 or x_uint8.ndim != 4:
@@ -248,7 +266,7 @@ def purified_cache_key(
 ) -> str:
     """The key of ``purifier``'s result on ``x_uint8`` in the purified-image cache:
     :meth:`Purifier.fingerprint` (settings, code, weights, and ``model_fingerprint`` when
-    the purifier uses the classifier: required then), the seed (default
+    the purifier needs the classifier: required then), the seed (default
     ``config.seed``), the runtime (:func:`~detox.utils.fingerprint.runtime_fingerprint`:
     device type, bf16, CPU threads) and the images."""
     import hashlib
@@ -272,24 +290,32 @@ def _purify_cached(
     desc: str | None,
     model_fingerprint: str | None,
 ) -> torch.Tensor:
-    from safetensors.torch import load, save
+    from safetensors.torch import load_file, save_file
 
-    from detox.data.paths import cache_dir
-    from detox.utils.io import atomic_write_bytes
+    from detox.cache import Store
 
     seed = int(getattr(purifier.config, "seed", 0) if seed is None else seed)
     key = purified_cache_key(purifier, x_uint8, seed, model_fingerprint)
-    path = cache_dir() / "purified" / f"{key}.safetensors"
-    if path.is_file():
+    store = Store("purified")
+    entry = store.get(key)
+    if entry is not None:
         try:
-            out = load(path.read_bytes())["x"]
+            out = load_file(str(entry.file("x.safetensors")))["x"]
             if out.shape == x_uint8.shape and out.dtype == torch.uint8:
                 purifier.cached_images += len(out)
                 return out
         except Exception:  # a damaged entry is recomputed and replaced
             pass
     out = purify_all(purifier, x_uint8, batch_size, purifier.device, progress, seed, desc)
-    atomic_write_bytes(path, save({"x": out.contiguous()}))
+    given = {
+        "purifier": purifier.describe(),
+        "images": list(x_uint8.shape),
+        "seed": seed,
+        "model_fingerprint": model_fingerprint,
+    }
+    store.put(
+        key, lambda folder: save_file({"x": out.contiguous()}, str(folder / "x.safetensors")), given
+    )
     return out
 
 

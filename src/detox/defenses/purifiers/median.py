@@ -15,23 +15,23 @@ from typing import Any
 
 import torch
 
+from detox.config import hp
 from detox.defenses.purifiers.base import PURIFIERS, Purifier
 from detox.errors import ConfigError
 
 
 @dataclasses.dataclass
 class MedianConfig:
-    kernel: int = 3  # window size, pixels (odd) [open]
-    batch_size: int = 512  # images per chunk
-    seed: int = 0  # unused (deterministic); kept for the purifier interface
+    kernel: int = hp(3, "pixels, odd", "[open]", "window size", range="[3, inf)")
+    batch_size: int = hp(512, "images per chunk", range="[1, inf)")
+    seed: int = hp(0, "seed", help="unused (deterministic); kept for the purifier interface")
 
     PRESETS: typing.ClassVar[dict[str, dict[str, Any]]] = {"paper": {}, "smoke": {}}
 
     def validate(self) -> None:
-        if self.kernel < 3 or self.kernel % 2 == 0:
+        """What no declared range says (the range: ``hp``)."""
+        if self.kernel % 2 == 0:
             raise ConfigError(f"kernel={self.kernel}: expected an odd size >= 3")
-        if self.batch_size < 1:
-            raise ConfigError("batch_size must be >= 1")
 
 
 @PURIFIERS.register("median")

@@ -75,6 +75,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from detox.config import hp
 from detox.defenses.purifiers.base import (
     PURIFIERS,
     NoiseStreams,
@@ -91,24 +92,69 @@ SAMPLERS = ("ddpm", "ddim")
 class SampDetoxConfig:
     """SampDetox settings. Noise levels are in diffusion steps (of T = 1000)."""
 
-    diffusion: str | None = None  # diffusion model: folder (diffusers format) or hub id
-    t1: int = 20  # stage-1 noise level, steps [paper]; [code] 120
-    T2: int = 120  # maximum stage-2 noise level, steps [paper, code]
-    beta_schedule: str = "cosine"  # schedule the preset expects [paper]; [code] linear; any
-    luma_weights: tuple[float, ...] = (0.299, 0.587, 0.114)  # R,G,B [paper]; [code] .11/.59/.30
-    ssim_data_range: float = 1.0  # SSIM dynamic range L [paper]; [code] 255 on [0,1] images
-    ssim_window: int = 11  # SSIM Gaussian window, pixels [paper, code]
-    ssim_sigma: float = 1.5  # SSIM Gaussian sigma, pixels [paper, code]
-    variance: str = "fixed_small"  # reverse-step variance: posterior [open]; [code] fixed_large
-    clip_denoised: bool = True  # clip predicted x0 to [-1, 1] in each step [open]; [code] off
-    noise_offset: int = 0  # extra forward levels when noising [open]; [code] 1
-    shared_noise: bool = False  # stage 2 re-noises with stage 1's noise [code quirk]
-    stride: int = 1  # levels per reverse step; 1 = faithful [open, beyond the paper]
-    sampler: str = "ddpm"  # reverse step: ddpm (ancestral) | ddim (deterministic) [open]
-    batch_size: int = 128  # images per chunk
-    seed: int = 0  # noise seed (per image: derived from seed and position)
-    amp: bool = False  # bf16 autocast of the UNet on CUDA [open]
-    compile: bool = False  # torch.compile the UNet on CUDA (~20 s once; 2.9x on an H200) [open]
+    diffusion: str | None = hp(
+        None, "path or hub id", help="diffusion model: folder (diffusers format) or hub id"
+    )
+    t1: int = hp(20, "steps", "[paper]; [code] 120", "stage-1 noise level", range="[0, inf)")
+    T2: int = hp(120, "steps", "[paper, code]", "maximum stage-2 noise level", range="[0, inf)")
+    beta_schedule: str = hp(
+        "cosine",
+        "schedule name | any",
+        "[paper]; [code] linear",
+        "the schedule the preset expects; any = the model's own",
+    )
+    luma_weights: tuple[float, ...] = hp(
+        (0.299, 0.587, 0.114),
+        "weights (R, G, B)",
+        "[paper]; [code] .11/.59/.30",
+        "SSIM channels combined into one map",
+        range="[0, 1]",
+    )
+    ssim_data_range: float = hp(
+        1.0,
+        "intensity",
+        "[paper]; [code] 255 on [0,1] images",
+        "SSIM dynamic range L",
+        range="(0, inf)",
+    )
+    ssim_window: int = hp(
+        11, "pixels, odd", "[paper, code]", "SSIM Gaussian window", range="[3, inf)"
+    )
+    ssim_sigma: float = hp(1.5, "pixels", "[paper, code]", "SSIM Gaussian sigma", range="(0, inf)")
+    variance: str = hp(
+        "fixed_small",
+        "fixed_small | fixed_large",
+        "[open] posterior; [code] fixed_large",
+        "reverse-step variance",
+        choices=VARIANCES,
+    )
+    clip_denoised: bool = hp(
+        True, "", "[open]; [code] off", "clip predicted x0 to [-1, 1] in each step"
+    )
+    noise_offset: int = hp(
+        0, "levels", "[open]; [code] 1", "extra forward levels when noising", choices=(0, 1)
+    )
+    shared_noise: bool = hp(False, "", "[code quirk]", "stage 2 re-noises with stage 1's noise")
+    stride: int = hp(
+        1,
+        "levels per reverse step",
+        "[open, beyond the paper]",
+        "1 = faithful",
+        range="[1, inf)",
+    )
+    sampler: str = hp(
+        "ddpm",
+        "ddpm | ddim",
+        "[open]",
+        "reverse step: ddpm (ancestral) | ddim (deterministic)",
+        choices=SAMPLERS,
+    )
+    batch_size: int = hp(128, "images per chunk", range="[1, inf)")
+    seed: int = hp(0, "seed", help="noise seed (per image: derived from seed and position)")
+    amp: bool = hp(False, "", "[open]", "bf16 autocast of the UNet on CUDA")
+    compile: bool = hp(
+        False, "", "[open]", "torch.compile the UNet on CUDA (~20 s once; 2.9x on an H200)"
+    )
 
     PRESETS: typing.ClassVar[dict[str, dict[str, Any]]] = {
         "paper": {},
@@ -127,23 +173,10 @@ class SampDetoxConfig:
     }
 
     def validate(self) -> None:
-        if self.t1 < 0 or self.T2 < 0:
-            raise ConfigError(f"t1={self.t1}, T2={self.T2}: noise levels must be >= 0")
-        if self.stride < 1:
-            raise ConfigError(f"stride={self.stride}: expected >= 1")
-        if self.variance not in VARIANCES:
-            raise ConfigError(f"variance {self.variance!r}: expected one of {VARIANCES}")
-        if self.sampler not in SAMPLERS:
-            raise ConfigError(f"sampler {self.sampler!r}: expected one of {SAMPLERS}")
-        if self.noise_offset not in (0, 1):
-            raise ConfigError(f"noise_offset={self.noise_offset}: expected 0 or 1")
-        if self.ssim_window < 3 or self.ssim_window % 2 == 0:
+        """What no declared range says (each field's range and choices: ``hp``)."""
+        if self.ssim_window % 2 == 0:
             raise ConfigError(f"ssim_window={self.ssim_window}: expected an odd size >= 3")
-        if self.ssim_data_range <= 0 or self.ssim_sigma <= 0:
-            raise ConfigError("ssim_data_range and ssim_sigma must be > 0")
-        if self.batch_size < 1:
-            raise ConfigError("batch_size must be >= 1")
-        if self.beta_schedule != "any":
+        if self.beta_schedule != "any":  # names and aliases, case-insensitive
             from detox.diffusion.backend import normalize_schedule
 
             normalize_schedule(self.beta_schedule)

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from detox.config import hp
 from detox.defenses.purifiers.base import PURIFIERS, Purifier
 from detox.errors import ConfigError
 from detox.utils.seed import derive_seed
@@ -29,20 +30,20 @@ from detox.utils.seed import derive_seed
 
 @dataclasses.dataclass
 class ShrinkPadConfig:
-    shrink: int = 4  # pixels removed from height and width before padding back [BackdoorBox]
-    fill: float = 0.0  # value of the padded border, in [0, 1] [BackdoorBox: 0]
-    batch_size: int = 512  # images per chunk
-    seed: int = 0  # offset seed (per image: derived from seed and position)
+    shrink: int = hp(
+        4,
+        "pixels",
+        "[BackdoorBox]",
+        "removed from height and width before padding back",
+        range="[1, inf)",
+    )
+    fill: float = hp(
+        0.0, "intensity", "[BackdoorBox: 0]", "value of the padded border", range="[0, 1]"
+    )
+    batch_size: int = hp(512, "images per chunk", range="[1, inf)")
+    seed: int = hp(0, "seed", help="offset seed (per image: derived from seed and position)")
 
     PRESETS: typing.ClassVar[dict[str, dict[str, Any]]] = {"paper": {}, "smoke": {}}
-
-    def validate(self) -> None:
-        if self.shrink < 1:
-            raise ConfigError(f"shrink={self.shrink}: expected >= 1 pixel")
-        if not 0.0 <= self.fill <= 1.0:
-            raise ConfigError(f"fill={self.fill}: expected a value in [0, 1]")
-        if self.batch_size < 1:
-            raise ConfigError("batch_size must be >= 1")
 
 
 @PURIFIERS.register("shrinkpad")

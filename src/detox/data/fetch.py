@@ -1,4 +1,4 @@
-"""Shared dataset machinery: local copies, downloads, checksums, atomic extraction, caches.
+"""Getting a dataset's files: local copies, downloads, checksums, atomic extraction.
 
 A dataset (or one piece of it) is described by a :class:`Resource`: the folder that holds
 it (recognised by a *marker* path inside it, e.g. ``batches.meta``), the archive file names
@@ -26,9 +26,9 @@ run would load. Tar members are extracted with ``filter="data"`` (no absolute pa
 Checksums of large files are remembered in ``cache_dir()/checksums.json`` keyed by path,
 size, inode, mtime and ctime, so a file is hashed once, not on every load.
 
-Image helpers shared by the loaders live here too: :func:`resize_images` (batched
-antialiased bilinear resize of uint8 NCHW tensors) and :func:`read_image` (any Pillow
-image file -> RGB uint8 HWC, optionally resized as a whole).
+What the loaders do with the files once found lives elsewhere: :mod:`detox.data.arrays`
+(``.npy`` reading, the decoded-array cache) and :mod:`detox.data.images` (decoding and
+resizing images).
 """
 
 from __future__ import annotations
@@ -51,13 +51,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-
 from detox.data.paths import cache_dir, data_dir
-from detox.data.registry import SPLITS
-from detox.errors import ChecksumError, ConfigError, DataError
+from detox.errors import ChecksumError, DataError
 from detox.utils.io import atomic_write_json
 
 log = logging.getLogger("detox.data")
@@ -66,49 +61,10 @@ OFFLINE_ENV = "DETOX_OFFLINE"
 TIMEOUT_ENV = "DETOX_DOWNLOAD_TIMEOUT"
 DEFAULT_TIMEOUT_S = 10.0
 STAMP = ".detox-extracted.json"
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".ppm", ".bmp")
 
 
 class MissingDataError(DataError):
     """No local copy of a dataset was found and it could not be downloaded."""
-
-
-# --------------------------------------------------------------------------------------
-# Small shared helpers
-# --------------------------------------------------------------------------------------
-def check_split(split: str) -> str:
-    if split not in SPLITS:
-        raise ConfigError(f"split {split!r}: expected one of {', '.join(SPLITS)}")
-    return split
-
-
-def check_image_size(image_size: Any) -> int | None:
-    """``None`` or a positive int (else :class:`ConfigError`)."""
-    if image_size is None:
-        return None
-    if isinstance(image_size, bool) or not isinstance(image_size, int | np.integer):
-        raise ConfigError(f"image_size must be a positive integer, got {image_size!r}")
-    if int(image_size) < 1:
-        raise ConfigError(f"image_size must be a positive integer, got {image_size}")
-    return int(image_size)
-
-
-def load_npy(path: str | os.PathLike, mmap: bool = False) -> np.ndarray:
-    """``np.load(path, allow_pickle=False)`` with a :class:`DataError` for bad files."""
-    path = Path(path)
-    try:
-        return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
-    except FileNotFoundError as e:
-        raise DataError(f"{path}: file not found") from e
-    except ValueError as e:
-        if "allow_pickle" in str(e) or "Object arrays" in str(e):
-            raise DataError(
-                f"{path}: holds Python objects (a pickle); only plain numeric/string arrays "
-                "are loaded (allow_pickle=False)"
-            ) from e
-        raise DataError(f"{path}: not a valid .npy file ({e})") from e
-    except (OSError, EOFError) as e:
-        raise DataError(f"{path}: cannot read .npy file ({e})") from e
 
 
 # --------------------------------------------------------------------------------------
@@ -590,138 +546,3 @@ def open_archive(resource: Resource, archive: Path) -> Located:
         detail="; ".join(checks) if checks else f"{archive.name}: no known checksum",
         archive_sha256=digests["sha256"],
     )
-
-
-# --------------------------------------------------------------------------------------
-# Decoded-array cache
-# --------------------------------------------------------------------------------------
-def listing_key(files: Iterable[Path], root: Path, *extra: Any) -> str:
-    """A short hash of (relative path, size, mtime) of ``files`` plus ``extra`` values."""
-    h = hashlib.sha256(repr(extra).encode())
-    for f in files:
-        st = f.stat()
-        h.update(f"{os.path.relpath(f, root)}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()[:16]
-
-
-def cached_arrays(
-    key: str, build: Callable[[], dict[str, np.ndarray]]
-) -> tuple[dict[str, np.ndarray], bool]:
-    """Arrays from ``cache_dir()/decoded/<key>/`` or ``build()`` (then saved there).
-
-    Each array is a ``.npy`` written atomically; ``manifest.json`` is written last and
-    lists shapes and dtypes, so a partial cache is never used. Returns (arrays, hit).
-    """
-    folder = cache_dir() / "decoded" / key
-    manifest = folder / "manifest.json"
-    if manifest.is_file():
-        try:
-            entries = json.loads(manifest.read_text(encoding="utf-8"))["arrays"]
-            arrays = {k: np.load(folder / f"{k}.npy", allow_pickle=False) for k in entries}
-            if all(
-                list(arrays[k].shape) == e["shape"] and str(arrays[k].dtype) == e["dtype"]
-                for k, e in entries.items()
-            ):
-                return arrays, True
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
-        log.warning("detox: decoded cache %s is unreadable; rebuilding it", folder)
-    arrays = build()
-    with contextlib.suppress(OSError):  # a read-only cache only costs time
-        folder.mkdir(parents=True, exist_ok=True)
-        for k, arr in arrays.items():
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{k}.", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    np.save(f, np.ascontiguousarray(arr), allow_pickle=False)
-                os.replace(tmp, folder / f"{k}.npy")
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
-        entries = {k: {"shape": list(a.shape), "dtype": str(a.dtype)} for k, a in arrays.items()}
-        atomic_write_json(manifest, {"arrays": entries})
-    return arrays, False
-
-
-# --------------------------------------------------------------------------------------
-# Images
-# --------------------------------------------------------------------------------------
-def resize_images(x: torch.Tensor, size: int, batch_size: int = 2048) -> torch.Tensor:
-    """Resize uint8 (N, C, H, W) images to ``size`` x ``size``: bilinear, antialiased.
-
-    Batch by batch; uses PyTorch's native uint8 kernel (about 5x faster than float32 and
-    within 1 grey level of it), falling back to float32 where that kernel
-    is missing. Returns a contiguous uint8 tensor; a no-op when the size already matches.
-    """
-    size = check_image_size(size)
-    if size is None:
-        return x
-    if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.dtype != torch.uint8:
-        raise DataError(
-            "resize_images: expected a uint8 (N, C, H, W) tensor, got "
-            f"{getattr(x, 'dtype', type(x).__name__)} {tuple(getattr(x, 'shape', ()))}"
-        )
-    if tuple(x.shape[-2:]) == (size, size):
-        return x
-    out = torch.empty((x.shape[0], x.shape[1], size, size), dtype=torch.uint8)
-    kw = {"size": (size, size), "mode": "bilinear", "align_corners": False, "antialias": True}
-    for i in range(0, x.shape[0], batch_size):
-        b = x[i : i + batch_size]
-        try:
-            r = F.interpolate(b, **kw)
-        except (RuntimeError, NotImplementedError):  # no uint8 kernel (old torch / 1 channel)
-            r = F.interpolate(b.float(), **kw).round_().clamp_(0, 255).to(torch.uint8)
-        out[i : i + batch_size] = r
-    return out
-
-
-def read_image(path: str | os.PathLike, size: int | None = None) -> np.ndarray:
-    """An image file as RGB uint8 (H, W, 3); resized as a whole (bilinear) when ``size``.
-
-    Grayscale, palette, RGBA (alpha dropped) and CMYK images are converted to RGB.
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            if im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # 16/32-bit grayscale
-                arr = np.asarray(im, dtype=np.float64)
-                top = 65535.0 if arr.max() > 255 else 255.0
-                im2 = Image.fromarray((arr / top * 255).round().astype(np.uint8)).convert("RGB")
-            else:
-                im2 = im.convert("RGB")
-            if size is not None and im2.size != (size, size):
-                im2 = im2.resize((size, size), Image.Resampling.BILINEAR)
-            return np.asarray(im2, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise DataError(f"{path}: cannot read image ({e})") from e
-
-
-def read_images(
-    files: Sequence[Path], size: int | None, what: str = "images", progress: bool = True
-) -> np.ndarray:
-    """Read ``files`` into one uint8 (N, H, W, 3) array; sizes must agree unless ``size``."""
-    from tqdm.auto import tqdm
-
-    if not files:
-        raise DataError(f"{what}: no image files found")
-    first = read_image(files[0], size)
-    out = np.empty((len(files), *first.shape), dtype=np.uint8)
-    out[0] = first
-    it = range(1, len(files))
-    if progress and len(files) > 2000:
-        it = tqdm(it, desc=f"reading {what}", unit="img", disable=None, initial=1)
-    for i in it:
-        img = read_image(files[i], size)
-        if img.shape != first.shape:
-            raise DataError(
-                f"{what}: images differ in size ({files[0]} is {first.shape[1]}x{first.shape[0]}, "
-                f"{files[i]} is {img.shape[1]}x{img.shape[0]}); pass image_size "
-                "(--image-size) to resize them all"
-            )
-        out[i] = img
-    return out
-
-
-def nhwc_to_nchw(x: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
