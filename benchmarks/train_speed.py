@@ -1,6 +1,16 @@
-"""Training and evaluation throughput (images/s) of every model on this machine.
+"""Training and evaluation throughput (images/s) of every model on this machine, and
+(``--compare``) test accuracy against training seconds of whole recipes.
 
     python benchmarks/train_speed.py --device cpu --width 0.25 --out benchmarks/out/train_speed.json
+    python benchmarks/train_speed.py --compare airbench:2.5,detox-airnet:2.5,detox-quick:9 \
+        --out benchmarks/results/train_compare.json
+
+``--compare`` trains each ``RECIPE:EPOCHS`` on the full CIFAR-10 training set, one after
+the other, and measures the test set: ``airbench`` is airbench94's recipe with its own
+loop (``benchmarks/airbench_port.py``, the reference), ``detox-airnet`` the same recipe
+through detox's trainer (``detox.training.AIRBENCH``), ``detox-quick`` the current
+``quick`` preset (ResNet-18 width 16, one-cycle). Accuracy without and with test-time
+augmentation (airbench's level 2) for the AirNet recipes.
 
 Times ``--steps`` optimisation steps (after ``--warmup`` steps) of detox's trainer path
 (bf16 autocast where supported, channels_last, batched augmentation) on real CIFAR-10
@@ -58,8 +68,47 @@ def bench_model(name, x, y, width, batch, steps, warmup, eval_n, device):
             "eval_img_s": eval_ips}  # fmt: skip
 
 
+def compare(recipes: str, data_dir: str | None, seed: int) -> list[dict]:
+    """Train each ``RECIPE:EPOCHS`` on CIFAR-10 and measure the test set."""
+    import sys
+    from pathlib import Path
+
+    from detox.config import make_config
+    from detox.training import AIRBENCH, TrainConfig, predict_logits, train
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from airbench_port import train_airbench
+
+    tr = load_dataset("cifar10", "train", data_dir=data_dir)
+    te = load_dataset("cifar10", "test", data_dir=data_dir)
+    rows = []
+    for item in recipes.split(","):
+        name, epochs = item.split(":")
+        ep = float(epochs)
+        if name == "airbench":
+            r = train_airbench(tr.x, tr.y, ep, seed, te.x, te.y)
+        else:
+            over = dict(AIRBENCH) if name == "detox-airnet" else {}
+            preset = None if name == "detox-airnet" else "quick"
+            cfg = make_config(TrainConfig, preset, **{**over, "epochs": ep, "seed": seed})
+            cfg.progress = False
+            model = build_model(cfg.model, 10, width=cfg.width, dataset="cifar10", seed=seed)
+            res = train(model, tr.x, tr.y, cfg, device="cpu", desc=name)
+            r = {"epochs": ep, "train_seconds": res.seconds}
+            levels = (0, 2) if cfg.model == "airnet" else (0,)
+            for level in levels:
+                pred = predict_logits(res.model, te.x, 1000, tta=level).argmax(1)
+                r[f"test_acc_tta{level}"] = float((pred == te.y).float().mean())
+        r["recipe"] = name
+        print(json.dumps(r), flush=True)
+        rows.append(r)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--compare", default=None, help="RECIPE:EPOCHS,... (see above)")
+    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--width", type=float, default=0.25)
     ap.add_argument("--batch", type=int, default=256)
@@ -70,6 +119,24 @@ def main() -> None:
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    if args.compare:
+        rows = compare(args.compare, args.data_dir, args.seed)
+        print(f"threads {torch.get_num_threads()}")
+        print(
+            "| recipe | epochs | train seconds | test acc | test acc, TTA 2 |\n|---|---|---|---|---|"
+        )
+        for r in rows:
+            tta = r.get("test_acc_tta2")
+            print(f"| {r['recipe']} | {r['epochs']:g} | {r['train_seconds']:.0f} | "
+                  f"{100 * r['test_acc_tta0']:.2f} | {'-' if tta is None else f'{100 * tta:.2f}'} |")  # fmt: skip
+        if args.out:
+            from detox.runs import environment
+            from detox.utils.io import atomic_write_json
+
+            atomic_write_json(
+                args.out, {"args": vars(args), "environment": environment(), "rows": rows}
+            )
+        return
     device = resolve_device(args.device)
     ds = load_dataset("cifar10", "train", data_dir=args.data_dir)
     rows = [

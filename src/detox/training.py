@@ -31,7 +31,38 @@ from detox.errors import DivergedError
 from detox.utils.device import autocast, resolve_device
 
 OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("onecycle", "cosine", "step", "constant")
+SCHEDULES = ("onecycle", "cosine", "step", "constant", "triangle")
+
+
+#: airbench94's recipe (Jordan 2024, arXiv 2404.00498) in this trainer's terms, for
+#: :class:`~detox.models.airnet.AirNet`. airbench sums the loss over the batch and states its
+#: learning rate and weight decay per 1024 examples, decoupled from momentum (lr 11.5, wd
+#: 0.0153, momentum 0.85): for the mean loss used here that is lr = 11.5 / (1 + 1 / 0.15) =
+#: 1.5 and a per-step decay of 0.0153 x 1024 / 7850.67 = 0.0019957, i.e. weight_decay =
+#: 0.0019957 / 1.5 = 0.0013305 (SGD multiplies it by the lr).
+AIRBENCH: dict[str, Any] = {
+    "model": "airnet",
+    "width": 1.0,
+    "epochs": 9.9,
+    "batch_size": 1024,
+    "drop_last": True,
+    "optimizer": "sgd",
+    "lr": 1.5,
+    "momentum": 0.85,
+    "nesterov": True,
+    "weight_decay": 0.0153 * 1024 / (1024 * (1 + 1 / 0.15)) / 1.5,
+    "norm_bias_lr_scale": 64.0,
+    "label_smoothing": 0.2,
+    "schedule": "triangle",
+    "triangle": (0.2, 0.23, 0.07),
+    "augment": True,
+    "crop_padding": 2,
+    "pad_mode": "reflect",
+    "flip": True,
+    "alternate_flip": True,
+    "lookahead": True,
+    "whiten_bias_epochs": 3,
+}
 
 
 @dataclasses.dataclass
@@ -42,8 +73,10 @@ class TrainConfig:
 
     model: str = hp("preact-resnet18", "model name", help="registered model name")
     width: float = hp(1.0, "channel multiplier", help="0.25 = 16 base channels", range="(0, inf)")
-    epochs: int = hp(100, "epochs", help="epochs trained", range="[0, inf)")
-    schedule_epochs: int | None = hp(
+    epochs: float = hp(
+        100, "epochs", help="epochs trained; a fraction stops inside the last", range="[0, inf)"
+    )
+    schedule_epochs: float | None = hp(
         None, "epochs", help="epochs the LR schedule spans; None = epochs", range="[0, inf)"
     )
     batch_size: int = hp(128, "images per step", range="[1, inf)")
@@ -52,7 +85,25 @@ class TrainConfig:
     momentum: float = hp(0.9, "factor", help="SGD momentum", range="[0, 1]")
     nesterov: bool = hp(False, help="SGD Nesterov momentum")
     weight_decay: float = hp(5e-4, "factor", help="L2 / decoupled weight decay", range="[0, inf)")
-    schedule: str = hp("cosine", "onecycle | cosine | step | constant", choices=SCHEDULES)
+    schedule: str = hp(
+        "cosine", "onecycle | cosine | step | constant | triangle", choices=SCHEDULES
+    )
+    triangle: tuple[float, ...] = hp(
+        (0.2, 0.23, 0.07),
+        "(start factor, peak position, end factor)",
+        "[airbench]",
+        help="triangle: LR factor rising linearly from start to 1 at the peak (a fraction "
+        "of the steps), then falling linearly to end",
+        range="[0, inf)",
+    )
+    norm_bias_lr_scale: float = hp(
+        1.0,
+        "factor",
+        "[airbench: 64]",
+        help="BatchNorm biases train at lr x this, with weight decay / this (the same "
+        "decay per step)",
+        range="(0, inf)",
+    )
     warmup_epochs: float = hp(0.0, "epochs", help="linear warm-up (cosine/step)", range="[0, inf)")
     onecycle_pct: float = hp(
         0.25,
@@ -78,6 +129,35 @@ class TrainConfig:
         choices=("reflect", "constant"),
     )
     flip: bool = hp(True, help="random horizontal flip")
+    alternate_flip: bool = hp(
+        False,
+        source="[airbench]",
+        help="flip each image at random in the first epoch, then the opposite way every "
+        "other epoch (with flip)",
+    )
+    drop_last: bool = hp(False, help="drop the last, incomplete batch of each epoch")
+    lookahead: bool = hp(
+        False,
+        source="[airbench]",
+        help="every lookahead_every steps, average the weights into an EMA and copy it back "
+        "(decay lookahead_decay x (step / total)^3); the EMA is the final model",
+    )
+    lookahead_every: int = hp(5, "steps", "[airbench]", range="[1, inf)")
+    lookahead_decay: float = hp(0.95**5, "factor", "[airbench: 0.95^5]", range="[0, 1]")
+    whiten_bias_epochs: int | None = hp(
+        None,
+        "epochs",
+        "[airbench: 3]",
+        help="train a whitening layer's bias (AirNet) for this many epochs; None: always",
+        range="[0, inf)",
+    )
+    data_init_images: int = hp(
+        5000,
+        "images",
+        "[airbench]",
+        help="training images a model initialised from data (AirNet's whitening) sees",
+        range="[1, inf)",
+    )
     amp: bool = hp(
         True, help="bf16 autocast on CUDA and on CPUs with bf16 units (AVX-512 BF16/AMX)"
     )
@@ -113,6 +193,11 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Checks across fields (each field's range and choices: :func:`check_fields`)."""
+        if len(self.triangle) != 3 or not 0 < self.triangle[1] < 1:
+            raise ConfigError(
+                f"triangle={self.triangle}: expected (start factor, peak position in (0, 1), "
+                "end factor)"
+            )
         if self.schedule_epochs is not None and self.schedule_epochs < self.epochs:
             raise ConfigError(
                 f"schedule_epochs={self.schedule_epochs}: expected >= epochs ({self.epochs})"
@@ -170,14 +255,30 @@ def random_crop_flip(
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
+    """SGD (Nesterov optional) or AdamW; no weight decay on 1-d parameters under AdamW;
+    BatchNorm biases in a group of their own when ``norm_bias_lr_scale`` is not 1."""
+    norm_bias: set[int] = set()
+    if cfg.norm_bias_lr_scale != 1.0:
+        norm_bias = {
+            id(m.bias)
+            for m in model.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.bias is not None
+        }
+    decay, no_decay, scaled_bias = [], [], []
     for p in model.parameters():
         if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
+            if id(p) in norm_bias:
+                scaled_bias.append(p)
+            else:
+                (no_decay if p.ndim <= 1 else decay).append(p)
     groups = [
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": no_decay, "weight_decay": 0.0 if cfg.optimizer == "adamw" else cfg.weight_decay},
     ]
+    if scaled_bias:
+        k = cfg.norm_bias_lr_scale
+        wd = 0.0 if cfg.optimizer == "adamw" else cfg.weight_decay / k
+        groups.append({"params": scaled_bias, "lr": cfg.lr * k, "weight_decay": wd})
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
             groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0
@@ -195,6 +296,11 @@ def lr_factor(cfg: TrainConfig, step: int, total: int, steps_per_epoch: int) -> 
             return 1 / 25 + (1 - 1 / 25) * t / p
         u = (t - p) / max(1e-12, 1 - p)
         return 1e-4 + (1 - 1e-4) * 0.5 * (1 + math.cos(math.pi * u))
+    if cfg.schedule == "triangle":
+        start, peak, end = cfg.triangle
+        if t < peak:
+            return start + (1 - start) * t / max(peak, 1e-12)
+        return 1 + (end - 1) * (t - peak) / max(1 - peak, 1e-12)
     warm = cfg.warmup_epochs * steps_per_epoch
     if warm > 0 and step < warm:
         return (step + 1) / warm
@@ -265,7 +371,7 @@ def train(
     loop = _Loop.start(model, x, y, cfg, resolve_device(device), callbacks, desc)
     history: list[dict[str, float]] = []
     t0 = time.perf_counter()
-    for epoch in range(cfg.epochs):
+    for epoch in range(math.ceil(cfg.epochs)):
         rec = loop.epoch(epoch)
         if eval_data is not None:
             rec["test_acc"] = accuracy(loop.model, *eval_data, batch_size=cfg.eval_batch_size)
@@ -275,12 +381,13 @@ def train(
                 hook(epoch, loop.model)
         history.append(rec)
         _log(
-            f"{desc} epoch {epoch + 1}/{cfg.epochs} loss {rec['loss']:.4f} "
+            f"{desc} epoch {epoch + 1}/{cfg.epochs:g} loss {rec['loss']:.4f} "
             f"train_acc {rec['train_acc']:.4f}"
             + (f" test_acc {rec['test_acc']:.4f}" if "test_acc" in rec else "")
             + f" ({rec['seconds']:.1f}s)",
             cfg.progress,
         )
+    loop.finish()
     secs = time.perf_counter() - t0
     model = loop.model.eval()
     if cfg.channels_last:
@@ -323,25 +430,40 @@ class _Loop:
     x: torch.Tensor
     y: torch.Tensor
     steps_per_epoch: int
+    total_steps: int
     callbacks: Sequence[Any]
     desc: str
     seen: int = 0
+    steps: int = 0
+    flip0: torch.Tensor | None = None  # alternate_flip: each image's first-epoch flip
+    ema: dict[str, torch.Tensor] | None = None  # lookahead: the averaged weights
 
     @classmethod
     def start(cls, model, x, y, cfg, dev, callbacks, desc) -> _Loop:
         torch.manual_seed(cfg.seed)
         model = model.to(dev)
+        if hasattr(getattr(model, "backbone", model), "init_from_data"):
+            # a model initialised from data (AirNet's patch whitening): the first images
+            model.init_from_data(to_float(x[: cfg.data_init_images].to(dev)))
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
         opt = build_optimizer(model, cfg)
-        steps_per_epoch = math.ceil(len(x) / cfg.batch_size)
-        total = steps_per_epoch * (cfg.schedule_epochs or cfg.epochs)
+        n = len(x)
+        steps_per_epoch = n // cfg.batch_size if cfg.drop_last else math.ceil(n / cfg.batch_size)
+        if steps_per_epoch < 1:
+            raise ConfigError(f"train: {n} images make no full batch of {cfg.batch_size}")
+        total = math.ceil(steps_per_epoch * (cfg.schedule_epochs or cfg.epochs))
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: lr_factor(cfg, s, total, steps_per_epoch)
         )
         gen = torch.Generator().manual_seed(cfg.seed)
-        return cls(model, cfg, dev, opt, sched, gen, x.to(dev), y.to(dev), steps_per_epoch,
-                   callbacks, desc)  # fmt: skip
+        loop = cls(model, cfg, dev, opt, sched, gen, x.to(dev), y.to(dev), steps_per_epoch,
+                   math.ceil(steps_per_epoch * cfg.epochs), callbacks, desc)  # fmt: skip
+        if cfg.flip and cfg.alternate_flip:
+            loop.flip0 = torch.rand(n, generator=gen) < 0.5
+        if cfg.lookahead:
+            loop.ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return loop
 
     def _each(self, method: str) -> list[Any]:
         return [getattr(cb, method) for cb in self.callbacks if hasattr(cb, method)]
@@ -349,10 +471,15 @@ class _Loop:
     def epoch(self, epoch: int) -> dict[str, float]:
         """One pass over the shuffled data; returns the epoch's record."""
         cfg, n = self.cfg, len(self.x)
+        if cfg.whiten_bias_epochs is not None and hasattr(
+            self.model, "set_whitening_bias_trainable"
+        ):
+            self.model.set_whitening_bias_trainable(epoch < cfg.whiten_bias_epochs)
         self.model.train()
         te = time.perf_counter()
         perm = torch.randperm(n, generator=self.gen)
         tot_loss, tot_correct = 0.0, 0
+        seen0 = self.seen
         bar = tqdm(
             range(self.steps_per_epoch),
             desc=f"{self.desc} epoch {epoch + 1}/{cfg.epochs}",
@@ -361,6 +488,8 @@ class _Loop:
             unit="batch",
         )
         for i in bar:
+            if self.steps >= self.total_steps:  # a fractional last epoch
+                break
             idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
             loss, correct = self.step(epoch, i, idx)
             tot_loss += loss * len(idx)
@@ -368,13 +497,28 @@ class _Loop:
             self.seen += len(idx)
             if i % 10 == 0:
                 bar.set_postfix(loss=f"{loss:.3f}", lr=f"{self.sched.get_last_lr()[0]:.3g}")
+        done = max(1, self.seen - seen0)
         return {
             "epoch": epoch + 1,
-            "loss": tot_loss / n,
-            "train_acc": tot_correct / n,
+            "loss": tot_loss / done,
+            "train_acc": tot_correct / done,
             "lr": self.sched.get_last_lr()[0],
             "seconds": time.perf_counter() - te,
         }
+
+    @torch.no_grad()
+    def _lookahead(self, decay: float) -> None:
+        """Move the EMA towards the weights by (1 - decay) and copy it back."""
+        assert self.ema is not None
+        for k, v in self.model.state_dict().items():
+            if v.is_floating_point():
+                self.ema[k].lerp_(v, 1 - decay)
+                v.copy_(self.ema[k])
+
+    def finish(self) -> None:
+        """With lookahead, the final model is the EMA."""
+        if self.ema is not None:
+            self._lookahead(1.0)
 
     def step(self, epoch: int, i: int, idx: torch.Tensor) -> tuple[float, int]:
         """One optimisation step on the examples ``idx``; returns (mean loss, correct)."""
@@ -383,7 +527,11 @@ class _Loop:
         xb = to_float(self.x[idx_dev])
         yb = self.y[idx_dev]
         if cfg.augment:
-            xb = random_crop_flip(xb, cfg.crop_padding, cfg.flip, self.gen, cfg.pad_mode)
+            flip = cfg.flip and self.flip0 is None
+            xb = random_crop_flip(xb, cfg.crop_padding, flip, self.gen, cfg.pad_mode)
+            if self.flip0 is not None:
+                m = (self.flip0[idx] ^ bool(epoch % 2)).to(self.dev)
+                xb = torch.where(m[:, None, None, None], xb.flip(3), xb)
         for on_batch in self._each("on_batch"):
             xb, yb = on_batch(epoch, idx, xb, yb)
             if len(xb) != len(idx) or len(yb) != len(idx):
@@ -402,6 +550,10 @@ class _Loop:
         loss.backward()
         self.opt.step()
         self.sched.step()
+        self.steps += 1
+        if self.ema is not None and self.steps % cfg.lookahead_every == 0:
+            ramp = (self.steps / self.total_steps) ** 3
+            self._lookahead(cfg.lookahead_decay * ramp)
         for cb in self.callbacks:
             if hasattr(cb, "on_step"):
                 cb.on_step(epoch)
@@ -429,11 +581,17 @@ def predict_logits(
     device: str | torch.device | None = None,
     progress: bool = False,
     amp: bool = True,
+    tta: int = 0,
 ) -> torch.Tensor:
     """Logits (float32, on CPU) for uint8 or float images, batched, in eval mode.
 
     ``amp`` uses bf16 autocast where supported (as in training); pass ``amp=False`` where
-    exact float32 logits matter (e.g. score differences of nearly identical inputs)."""
+    exact float32 logits matter (e.g. score differences of nearly identical inputs).
+    ``tta``: test-time augmentation (airbench's levels): 0 none, 1 the mean with the mirror
+    image, 2 that averaged with the same at 1-pixel translations (reflect padding). Off
+    by default, and off for every attack evaluation: averaging views can hide a trigger."""
+    if tta not in (0, 1, 2):
+        raise ConfigError(f"tta={tta!r}: expected 0, 1 or 2")
     if isinstance(model, nn.Module):
         model.eval()
         dev = next(model.parameters()).device if device is None else resolve_device(device)
@@ -443,10 +601,26 @@ def predict_logits(
     for i in tqdm(range(0, len(x), batch_size), disable=not progress, desc="predict", leave=False):
         xb = to_float(x[i : i + batch_size], dev)
         with autocast(dev, amp):
-            outs.append(model(xb).float().cpu())
+            outs.append(_tta_logits(model, xb, tta).float().cpu())
     if not outs:
         return torch.empty(0)
     return torch.cat(outs)
+
+
+def _tta_logits(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, level: int):
+    if level == 0:
+        return model(x)
+
+    def mirror(v: torch.Tensor) -> torch.Tensor:
+        return 0.5 * model(v).float() + 0.5 * model(v.flip(-1)).float()
+
+    logits = mirror(x)
+    if level == 1:
+        return logits
+    h, w = x.shape[-2:]
+    xp = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    shifted = 0.5 * mirror(xp[..., 0:h, 0:w]) + 0.5 * mirror(xp[..., 2 : h + 2, 2 : w + 2])
+    return 0.5 * logits + 0.5 * shifted
 
 
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:

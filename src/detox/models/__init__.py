@@ -5,7 +5,7 @@
 takes float images in [0, 1]. That is the interface black-box defenses rely on.
 """
 
-from detox.models import resnet, small_cnn, vgg  # noqa: F401  (register the models)
+from detox.models import airnet, resnet, small_cnn, vgg  # noqa: F401  (register the models)
 from detox.models.base import (
     MODELS,
     Classifier,

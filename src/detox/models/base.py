@@ -49,6 +49,18 @@ class Classifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone((x - self.mean) / self.std)
 
+    def init_from_data(self, x: torch.Tensor) -> None:
+        """Give the backbone training images ([0, 1]) to initialise from, normalised, if it
+        initialises from data (AirNet's patch whitening); otherwise nothing."""
+        init = getattr(self.backbone, "init_from_data", None)
+        if init is not None:
+            init((x - self.mean) / self.std)
+
+    def set_whitening_bias_trainable(self, trainable: bool) -> None:
+        fn = getattr(self.backbone, "set_whitening_bias_trainable", None)
+        if fn is not None:
+            fn(trainable)
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Penultimate-layer features (used by feature-space detectors)."""
         feats = getattr(self.backbone, "features", None)

@@ -71,6 +71,7 @@ rebuttal), and :func:`auroc_by_epochs` (AUROC when only the first e epochs are u
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 import typing
 from typing import Any
@@ -535,7 +536,7 @@ class BaDLoss(Detector):
             dataset=_dataset_name(data),
             seed=tcfg.seed,
         )
-        rec = LossRecorder(x, y, tcfg.epochs, tcfg.eval_batch_size)
+        rec = LossRecorder(x, y, math.ceil(tcfg.epochs), tcfg.eval_batch_size)
         res = train(model, x, y, tcfg, device=ctx.device, callbacks=[rec], desc="badloss pre-train")
         ctx.artifacts["pretrain_config"] = dataclasses.asdict(tcfg)
         ctx.artifacts["pretrain_history"] = res.history
