@@ -2,14 +2,15 @@
 (``--compare``) test accuracy against training seconds of whole recipes.
 
     python benchmarks/train_speed.py --device cpu --width 0.25 --out benchmarks/out/train_speed.json
-    python benchmarks/train_speed.py --compare airbench:2.5,detox-airnet:2.5,detox-quick:9 \
+    python benchmarks/train_speed.py --compare airbench:2.5,detox-airnet:2.5,detox-resnet18:9 \
         --out benchmarks/results/train_compare.json
 
 ``--compare`` trains each ``RECIPE:EPOCHS`` on the full CIFAR-10 training set, one after
 the other, and measures the test set: ``airbench`` is airbench94's recipe with its own
 loop (``benchmarks/airbench_port.py``, the reference), ``detox-airnet`` the same recipe
-through detox's trainer (``detox.training.AIRBENCH``), ``detox-quick`` the current
-``quick`` preset (ResNet-18 width 16, one-cycle). Accuracy without and with test-time
+through detox's trainer (``detox.training.AIRBENCH``), ``detox-resnet18`` the ``quick``
+recipe before AirNet (``detox.training.QUICK_RESNET18``: ResNet-18 width 16, one-cycle),
+``detox-quick`` the current ``quick`` preset. Accuracy without and with test-time
 augmentation (airbench's level 2) for the AirNet recipes.
 
 Times ``--steps`` optimisation steps (after ``--warmup`` steps) of detox's trainer path
@@ -74,7 +75,7 @@ def compare(recipes: str, data_dir: str | None, seed: int) -> list[dict]:
     from pathlib import Path
 
     from detox.config import make_config
-    from detox.training import AIRBENCH, TrainConfig, predict_logits, train
+    from detox.training import AIRBENCH, QUICK_RESNET18, TrainConfig, predict_logits, train
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from airbench_port import train_airbench
@@ -88,8 +89,9 @@ def compare(recipes: str, data_dir: str | None, seed: int) -> list[dict]:
         if name == "airbench":
             r = train_airbench(tr.x, tr.y, ep, seed, te.x, te.y)
         else:
-            over = dict(AIRBENCH) if name == "detox-airnet" else {}
-            preset = None if name == "detox-airnet" else "quick"
+            recipes = {"detox-airnet": (None, AIRBENCH), "detox-resnet18": (None, QUICK_RESNET18),
+                       "detox-quick": ("quick", {})}  # fmt: skip
+            preset, over = recipes[name]
             cfg = make_config(TrainConfig, preset, **{**over, "epochs": ep, "seed": seed})
             cfg.progress = False
             model = build_model(cfg.model, 10, width=cfg.width, dataset="cifar10", seed=seed)

@@ -21,7 +21,7 @@ from detox.defenses.detectors.badloss import (
     select_probes,
 )
 from detox.errors import ConfigError
-from detox.training import TrainConfig, per_example_loss
+from detox.training import QUICK_RESNET18, TrainConfig, per_example_loss
 from detox.utils.seed import derive_seed
 
 # ---------------------------------------------------------------------------------------
@@ -50,7 +50,7 @@ def test_registered_with_presets_and_validation():
 
 
 def test_pretrain_config_follows_the_final_run():
-    final = make_config(TrainConfig, "quick", epochs=100, batch_size=256)
+    final = make_config(TrainConfig, None, **{**QUICK_RESNET18, "epochs": 100})
     # "final": the final run's optimiser and schedule as given
     pre = pretrain_config(final, make_config(BaDLossConfig, optimizer_preset="final"), seed=7)
     assert (pre.model, pre.width, pre.batch_size, pre.lr, pre.schedule) == (
@@ -95,6 +95,14 @@ def test_pretrain_config_follows_the_final_run():
         33,
         "sgd",
         128,
+    )
+    # the authors' plain loop: none of the quick victim's airbench tricks carry over
+    assert quick.model == "airnet"
+    assert (quick.lookahead, quick.norm_bias_lr_scale, quick.alternate_flip, quick.drop_last) == (
+        False,
+        1.0,
+        False,
+        False,
     )
     with pytest.raises(ConfigError, match="schedule_epochs=5"):
         make_config(BaDLossConfig, schedule_epochs=5)

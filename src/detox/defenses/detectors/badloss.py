@@ -91,6 +91,16 @@ from detox.utils.seed import derive_seed
 CUT_MODES = ("fraction", "probe-quantile")
 
 # Optimiser presets of the authors' scripts (batch size and model stay the final run's).
+#: The authors' scripts are plain loops: none of the final run's own training tricks
+#: (airbench's Lookahead, BatchNorm-bias learning rate, alternating flips, dropped last
+#: batch) carry over into their recipes.
+PLAIN_LOOP: dict[str, Any] = {
+    "norm_bias_lr_scale": 1.0,
+    "lookahead": False,
+    "alternate_flip": False,
+    "drop_last": False,
+}
+
 OPTIMIZER_PRESETS: dict[str, dict[str, Any]] = {
     "final": {},  # the final run's optimiser and schedule as given
     "sgd": {  # ICLR-era script [code]
@@ -103,6 +113,7 @@ OPTIMIZER_PRESETS: dict[str, dict[str, Any]] = {
         "schedule": "cosine",
         "warmup_epochs": 0.0,
         "label_smoothing": 0.0,
+        **PLAIN_LOOP,
     },
     "adamw": {  # later code [code] (batch 128 on CIFAR-10, 256 on the other datasets)
         "optimizer": "adamw",
@@ -112,6 +123,7 @@ OPTIMIZER_PRESETS: dict[str, dict[str, Any]] = {
         "schedule": "cosine",
         "warmup_epochs": 0.0,
         "label_smoothing": 0.0,
+        **PLAIN_LOOP,
     },
 }
 
