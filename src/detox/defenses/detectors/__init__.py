@@ -9,6 +9,8 @@ from detox.defenses.detectors.base import DETECTORS, Detector, DetectorContext, 
 
 __all__ = ["DETECTORS", "Detector", "DetectorContext", "build_detector"]
 from detox.defenses.detectors import (
+    activation_clustering,  # noqa: F401
     badloss,  # noqa: F401
+    spectral,  # noqa: F401
     ultraclean,  # noqa: F401
 )
