@@ -211,14 +211,6 @@ class TrainConfig:
             )
 
 
-class TrainCallback(typing.Protocol):
-    """Optional hooks; implement any subset."""
-
-    def on_batch_losses(self, epoch: int, index: torch.Tensor, losses: torch.Tensor) -> None: ...
-
-    def on_epoch_end(self, epoch: int, model: nn.Module) -> None: ...
-
-
 @dataclasses.dataclass
 class TrainResult:
     model: nn.Module

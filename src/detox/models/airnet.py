@@ -87,9 +87,14 @@ class AirNet(nn.Module):
         largest first, then the same filters negated."""
         k = WHITEN_KERNEL
         c = x.shape[1]
-        patches = x.float().unfold(2, k, 1).unfold(3, k, 1)  # N, C, H', W', k, k
-        patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, c * k * k).double()
-        cov = patches.T @ patches / len(patches)
+        cov = torch.zeros(c * k * k, c * k * k, dtype=torch.float64, device=x.device)
+        count = 0
+        for i in range(0, len(x), 500):  # float64 sums, 500 images' patches at a time
+            p = x[i : i + 500].float().unfold(2, k, 1).unfold(3, k, 1)  # N, C, H', W', k, k
+            p = p.permute(0, 2, 3, 1, 4, 5).reshape(-1, c * k * k).double()
+            cov += p.T @ p
+            count += len(p)
+        cov /= max(count, 1)
         evals, evecs = torch.linalg.eigh(cov)  # ascending
         evals, evecs = evals.flip(0), evecs.T.flip(0)  # largest first, one per row
         filters = (evecs / torch.sqrt(evals + eps)[:, None]).reshape(c * k * k, c, k, k)

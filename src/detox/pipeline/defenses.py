@@ -122,8 +122,7 @@ def defense_kind(name: str) -> DefenseKind:
         kind = DEFENSE_KINDS.get(k)
         if name in kind.methods():
             return kind
-    valid = sorted(n for k in DEFENSE_KINDS.names() for n in DEFENSE_KINDS.get(k).methods().names())
-    raise ConfigError(f"unknown defense {name!r}; valid defenses: {', '.join(valid)}")
+    raise ConfigError(f"unknown defense {name!r}; valid defenses: {', '.join(defense_names())}")
 
 
 def defense_names() -> list[str]:
@@ -169,7 +168,8 @@ def run_defense(
     return res
 
 
-def _relative(out: Path, paths: dict[str, Any]) -> dict[str, str]:
+def _relative(paths: dict[str, Any]) -> dict[str, str]:
+    """caption -> file name (in the run folder) of the figures that were written."""
     return {cap: Path(p).name for cap, p in paths.items() if p is not None and Path(p).is_file()}
 
 
@@ -200,7 +200,7 @@ def _run_detector(r: DefenseRun) -> dict[str, Any]:
         "n_kept": found.n_kept,
         "score_seconds": found.score_seconds,
         "retrain": res["retrain"],
-        "figures": _relative(r.out_dir, figures),
+        "figures": _relative(figures),
     }
 
 
@@ -218,7 +218,7 @@ def _run_purifier(r: DefenseRun) -> dict[str, Any]:
     pur.prepare(r.context(pur))
     res = purified_evaluation(pur, r.victim, r.pset, r.device, r.seed, r.progress, r.cache)
     png = purification_samples(pur, r.pset, r.out_dir / f"{r.name}_samples.png", r.device, r.seed)
-    res["figures"] = _relative(r.out_dir, {"test inputs and purified outputs": png})
+    res["figures"] = _relative({"test inputs and purified outputs": png})
     return res
 
 
