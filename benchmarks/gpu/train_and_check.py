@@ -501,6 +501,9 @@ def main() -> None:
     ap.add_argument("--no-gtsrb", action="store_true", help="train the CIFAR-10 model only")
     ap.add_argument("--skip-checks", action="store_true", help="no GPU speed checks")
     ap.add_argument("--eval", default=None, help="pack_eval.py's folder: measure the models")
+    ap.add_argument(
+        "--no-start-eval", action="store_true", help="with --init-from: skip measuring it"
+    )
     args = ap.parse_args()
     out, work, data = Path(args.out), Path(args.work), Path(args.data)
     log(
@@ -512,7 +515,7 @@ def main() -> None:
         x_c = x_c[:256]
     log(f"data: cifar10 {tuple(x_c.shape)}")
     eval_rows: list = []
-    if args.eval and args.init_from:
+    if args.eval and args.init_from and not args.no_start_eval:
         run_eval(args, args.init_from, "start", out, eval_rows)
 
     rec_c = train("cifar10", x_c, info_c, args.cifar_s, out, work, args.toy, True, args.init_from)
