@@ -44,6 +44,10 @@ class Bf16UNet(nn.Module):
         super().__init__()
         self.net = net
 
+    @property
+    def config(self):  # diffusers' settings, read by DiffusionModel
+        return self.net.config
+
     def forward(self, x: torch.Tensor, t: torch.Tensor):
         return self.net(x.to(torch.bfloat16), t)
 
