@@ -1,6 +1,11 @@
 """Print the SampDetox table that ``train_and_check.py --eval`` measured on the device.
 
     python benchmarks/gpu/eval_table.py benchmarks/results/gpu_h200_eval/eval.json
+    python benchmarks/gpu/eval_table.py benchmarks/results/gpu_h200_eval/eval.json \
+        benchmarks/results/gpu_h200_call3/eval.json --only 'code s=1' 'paper s=1'
+
+With several files, each model is named by its file's folder (``gpu_h200_eval:trained``);
+``--only`` keeps the settings named.
 
 One row per attack, one column per (model, setting): CA / PA / ASR in %, and the CA cost
 against the undefended victim for the code setting; then images per second per setting.
@@ -16,11 +21,24 @@ from pathlib import Path
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("eval_json")
+    ap.add_argument("eval_json", nargs="+")
+    ap.add_argument("--only", nargs="*", default=None, help="settings to show")
     args = ap.parse_args()
-    d = json.loads(Path(args.eval_json).read_text())
-    rows = [r for r in d["rows"] if "attack" in r]
-    none = {r["attack"]: r for r in rows if r["setting"] == "none" and r["model"] == "trained"}
+    rows, devices = [], set()
+    for f in args.eval_json:
+        d = json.loads(Path(f).read_text())
+        devices.add(f"{d['device']}, torch {d['torch']}")
+        for r in d["rows"]:
+            if "attack" not in r:
+                continue
+            if len(args.eval_json) > 1:
+                r = {**r, "model": f"{Path(f).parent.name}:{r['model']}"}
+            if args.only is None or r["setting"] in ("none", *args.only):
+                rows.append(r)
+    none: dict = {}
+    for r in rows:  # the victims are the same in every file: the first record serves
+        if r["setting"] == "none":
+            none.setdefault(r["attack"], r)
     cols: list[tuple[str, str]] = []
     cell: dict = defaultdict(dict)
     speed: dict = {}
@@ -32,7 +50,7 @@ def main() -> None:
             cols.append(key)
         cell[r["attack"]][key] = r
         speed[key] = (r["img_per_s"], r["evals_per_image"])
-    print(f"device: {d['device']}, torch {d['torch']}\n")
+    print(f"device: {'; '.join(sorted(devices))}\n")
     head = ["attack", "no defense"] + [f"{m}: {s}" for m, s in cols]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
