@@ -389,25 +389,49 @@ def test_demo_smoke(tmp_path):
         assert col in header
     assert "badloss-cifar10: single-pixel" in p.stdout
     assert (out / "report.html").is_file() and f"report: {out}/report.html" in p.stdout
-    assert len(list((out / "cells").glob("*.json"))) == 12
-    assert len(list((out / "cells").glob("*/sampdetox_samples.png"))) == 3
+    assert len(list((out / "cells").glob("*.json"))) == 8
+    assert len(list((out / "cells").glob("*/sampdetox_samples.png"))) == 2
+    # the scale is printed first, the effects last, one line per (attack, defense)
+    assert p.stdout.startswith("detox demo on cpu: cifar10, preset smoke, 8 cells")
+    glance = p.stdout.split("At a glance")[1].strip().splitlines()[1:]
+    assert len(glance) == 4 + 6  # 2 attacks x (ultraclean, sampdetox) + the suite's 6 x badloss
+    assert all(" took ASR from " in line for line in glance)
+    assert "At a glance" in (out / "report.html").read_text()
 
 
 def test_demo_without_diffusion_leaves_sampdetox_out():
     from detox.cli.bench_cmd import demo_config
 
-    cfg = demo_config(None)
+    cfg, _ = demo_config(None)
     assert "sampdetox" not in cfg.defenses()
     assert {"ultraclean", "badloss"} <= set(cfg.defenses())
-    with_model = demo_config("some/folder")
+    with_model, _ = demo_config("some/folder")
     assert "sampdetox" in with_model.defenses()
-    shipped = demo_config(None, packaged=True)  # the shipped model: no setting needed
+    shipped, _ = demo_config(None, packaged=True)  # the shipped model: no setting needed
     assert "sampdetox" in shipped.defenses()
     assert all(
         "diffusion" not in dict(c.defense_overrides)
         for c in shipped.cells()
         if c.defense == "sampdetox"
     )
+
+
+def test_demo_scale_on_cpu_and_gpu():
+    """The CPU demo trains the reduced victims of demo.toml; on a GPU the same command runs
+    the full `quick` scale with SampDetox's faithful chain compiled in bf16."""
+    from detox.cli.bench_cmd import demo_config, describe_demo
+
+    cpu, data = demo_config(None, packaged=True)
+    over = {dict(c.overrides).get("train_subset") for c in cpu.cells()}
+    assert over == {30000} and len(cpu.cells()) == 8
+    assert "train_subset=30000" in describe_demo(data, 8, "cpu")
+    gpu, gdata = demo_config(None, packaged=True, gpu=True)
+    assert all(not c.overrides for c in gpu.cells())
+    sd = [dict(c.defense_overrides) for c in gpu.cells() if c.defense == "sampdetox"]
+    assert sd and all(d == {"stride": 1, "amp": True, "compile": True} for d in sd)
+    bl = [dict(c.defense_overrides) for c in gpu.cells() if c.defense == "badloss"]
+    assert bl == [{}]  # BaDLoss's `quick` pre-training, not the CPU demo's 4 epochs
+    assert "the full `quick` scale" in describe_demo(gdata, len(gpu.cells()), "cuda")
 
 
 def test_only_and_threads_are_checked(tmp_path):

@@ -247,6 +247,23 @@ def test_batchnorm_folding_keeps_the_scores(backdoored):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
+def test_batchnorm_folding_traces_airnet():
+    """AirNet's layers subclass Conv2d / BatchNorm2d; they stay leaves of the trace, so the
+    BatchNorms that follow a convolution fold (3 of its 6; the others follow a pooling)."""
+    from detox.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("airnet", num_classes=10)
+    model.train()
+    for _ in range(3):  # running statistics away from their initial values
+        model(torch.rand(32, 3, 32, 32))
+    model.eval()
+    folded = fold_batchnorm(model)
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules()) == 3
+    x = torch.rand(16, 3, 32, 32)
+    torch.testing.assert_close(folded(x), model(x), rtol=1e-4, atol=1e-5)
+
+
 class _Branchy(torch.nn.Module):
     """Data-dependent control flow: torch.fx cannot trace it."""
 

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from detox.bench.tables import DETECT_METRICS, EVAL_METRICS, column_label, grid_rows
+from detox.bench.tables import DETECT_METRICS, EVAL_METRICS, column_label, effects, grid_rows
 from detox.utils.io import atomic_write_text
 
 GLOSSARY = {
@@ -113,8 +113,24 @@ def render_report(out: Path, cfg: Any, results: list[dict[str, Any]], tables: di
         f"{time.strftime('%Y-%m-%d %H:%M')}; detox {env['detox']}, torch {env['torch']}, "
         f"{html.escape(env['cuda'] or 'CPU')} ({env['cpu_count']} cores); config "
         f"{html.escape(cfg.source)}</p>",
-        "<h2>Tables</h2>",
     ]
+    glance = [
+        {
+            "dataset": e["dataset"],
+            "attack": e["attack"],
+            "defense": e["defense"],
+            "ASR (%)": f"{e['asr_before']:.1f} \u2192 {e['asr_after']:.1f}",
+            "CA (%)": f"{e['ca_before']:.1f} \u2192 {e['ca_after']:.1f}",
+            "CA cost (points)": f"{e['ca_cost']:.1f}",
+        }
+        for e in effects(tables)
+    ]
+    if glance:
+        parts.append(
+            "<h2>At a glance</h2><p>What each defense did to each attack, against the "
+            "undefended victim of the same row.</p>" + _html_table(glance)
+        )
+    parts.append("<h2>Tables</h2>")
     if not tables:
         parts.append("<p>No finished cells yet.</p>")
     for ds, t in tables.items():

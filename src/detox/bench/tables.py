@@ -216,6 +216,54 @@ def bench_markdown(tables: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
+def effects(tables: dict[str, Any]) -> list[dict[str, Any]]:
+    """What each defense did to each attack, against the undefended victim of the same
+    row: ASR and CA before and after (percent means), and the CA cost in points. Rows
+    without an undefended cell, or columns without ASR (a clean row), are left out."""
+    out = []
+    for ds, t in tables.items():
+        for r in t["rows"]:
+            cells = t["cells"][r]
+            base = cells.get(NONE_LABEL, {})
+            asr0, ca0 = (base.get(m, {}).get("mean") for m in ("asr", "ca"))
+            if asr0 is None or ca0 is None:
+                continue
+            for c in t["columns"]:
+                if c == NONE_LABEL:
+                    continue
+                asr1, ca1 = (cells.get(c, {}).get(m, {}).get("mean") for m in ("asr", "ca"))
+                if asr1 is None or ca1 is None:
+                    continue
+                out.append(
+                    {
+                        "dataset": ds,
+                        "attack": r,
+                        "defense": c,
+                        "asr_before": asr0,
+                        "asr_after": asr1,
+                        "ca_before": ca0,
+                        "ca_after": ca1,
+                        "ca_cost": ca0 - ca1,
+                    }
+                )
+    return out
+
+
+def effect_lines(tables: dict[str, Any]) -> list[str]:
+    """:func:`effects` as one sentence each, e.g. ``cifar10 badnets: ultraclean took ASR
+    from 98.9% to 1.1%, CA 86.0% -> 85.0% (cost 1.0 points)``."""
+    lines = []
+    for e in effects(tables):
+        cost = e["ca_cost"]
+        what = f"cost {cost:.1f} points" if cost > 0 else f"gain {-cost:.1f} points"
+        lines.append(
+            f"{e['dataset']} {e['attack']}: {e['defense']} took ASR from "
+            f"{e['asr_before']:.1f}% to {e['asr_after']:.1f}%, CA {e['ca_before']:.1f}% -> "
+            f"{e['ca_after']:.1f}% ({what})"
+        )
+    return lines
+
+
 def bench_csv(tables: dict[str, Any]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)

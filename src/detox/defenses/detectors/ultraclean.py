@@ -346,7 +346,14 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     import torch.fx
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-    gm = torch.fx.symbolic_trace(copy.deepcopy(model).eval())
+    class _Tracer(torch.fx.Tracer):  # subclasses of the layers (AirNet's) stay leaves
+        def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+            if isinstance(m, nn.Conv2d | nn.BatchNorm2d | nn.Linear):
+                return True
+            return super().is_leaf_module(m, qualname)
+
+    root = copy.deepcopy(model).eval()
+    gm = torch.fx.GraphModule(root, _Tracer().trace(root))
     mods = dict(gm.named_modules())
     calls: dict[str, int] = {}
     for node in gm.graph.nodes:
