@@ -1,45 +1,15 @@
 """Spectral Signatures and Activation Clustering on a planted BadNets set (real CIFAR-10,
-smoke scale). Oracles: NumPy's SVD for the spectral scores, the requested cut sizes."""
+smoke scale: the ``planted`` fixture of conftest.py). Oracles: NumPy's SVD for the spectral
+scores, the requested cut sizes."""
 
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
-from detox.config import make_config
 from detox.defenses.detectors import DetectorContext, build_detector
 from detox.defenses.detectors.spectral import spectral_scores
 from detox.metrics import detection_metrics
-
-
-@pytest.fixture(scope="module")
-def planted(cifar_train, one_thread):
-    """small-cnn trained 8 epochs on 2,000 CIFAR-10 images of which 80 carry BadNets'
-    patch relabelled to class 0 (4%: 29% of class 0, below Activation Clustering's 35%
-    size threshold)."""
-    from detox.attacks import make_attack
-    from detox.data import ImageDataset, stratified_subsample
-    from detox.models import build_model
-    from detox.training import TrainConfig, predict, train
-
-    idx = stratified_subsample(cifar_train.y, 2000, seed=3, num_classes=10)
-    x, y = cifar_train.x[idx].clone(), cifar_train.y[idx].clone()
-    cand = torch.nonzero(y != 0).flatten()
-    poison = cand[torch.randperm(len(cand), generator=torch.Generator().manual_seed(0))[:80]]
-    attack = make_attack("badnets")
-    x[poison] = attack.apply_uint8(x[poison])
-    y[poison] = 0
-    cfg = make_config(TrainConfig, "smoke", width=0.25, epochs=8, batch_size=32,
-                      augment=False, seed=1, progress=False)  # fmt: skip
-    model = build_model(cfg.model, 10, width=cfg.width, dataset="cifar10", seed=1)
-    model = train(model, x, y, cfg, device="cpu").model
-    is_poison = np.zeros(len(x), bool)
-    is_poison[poison.numpy()] = True
-    data = ImageDataset(x, y, list(cifar_train.classes), "planted")
-    other = torch.nonzero(cifar_train.y != 0).flatten()[:200]
-    asr = float((predict(model, attack.apply_uint8(cifar_train.x[other])) == 0).float().mean())
-    return {"model": model, "data": data, "is_poison": is_poison, "asr": asr}
 
 
 def _ctx(p, seed=0):

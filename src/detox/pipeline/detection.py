@@ -122,10 +122,14 @@ def detect(
         raise ConfigError(f"detector {detector.name!r} needs a model trained on the poisoned set")
     if detector.needs_probes and probes is None:
         raise ConfigError(f"detector {detector.name!r} needs trusted clean probes")
+    trusted = None
+    if probes is not None:  # the probes as images too (STRIP blends with them)
+        trusted = pset.subset(torch.from_numpy(np.asarray(probes, dtype=np.int64))).as_dataset()
     ctx = DetectorContext.for_set(
         pset,
         model=model if detector.needs_model else None,
         probes=probes,
+        trusted=trusted,
         train_config=tcfg,
         device=torch.device(device),
         seed=seed,

@@ -12,5 +12,6 @@ from detox.defenses.detectors import (
     activation_clustering,  # noqa: F401
     badloss,  # noqa: F401
     spectral,  # noqa: F401
+    strip,  # noqa: F401
     ultraclean,  # noqa: F401
 )

@@ -7,3 +7,6 @@ one with its typed config.
 from detox.defenses.filters.base import FILTERS, InputFilter, build_filter
 
 __all__ = ["FILTERS", "InputFilter", "build_filter"]
+from detox.defenses.filters import (
+    strip,  # noqa: F401
+)
