@@ -104,6 +104,10 @@ class AirNet(nn.Module):
     def set_whitening_bias_trainable(self, trainable: bool) -> None:
         self.whiten.bias.requires_grad_(trainable)
 
+    def blocks(self) -> list[nn.Module]:
+        """The three conv groups, in order (PSBD drops out after each)."""
+        return list(self.groups)
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.groups(self.act(self.whiten(x)))
         return torch.flatten(self.pool(x), 1)

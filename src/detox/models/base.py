@@ -61,6 +61,13 @@ class Classifier(nn.Module):
         if fn is not None:
             fn(trainable)
 
+    def blocks(self) -> list[nn.Module]:
+        """The backbone's stages in order (``blocks()``; PSBD drops out after each)."""
+        fn = getattr(self.backbone, "blocks", None)
+        if fn is None:
+            raise ConfigError(f"model {self.meta.get('name')!r} does not expose blocks()")
+        return list(fn())
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Penultimate-layer features (used by feature-space detectors)."""
         feats = getattr(self.backbone, "features", None)

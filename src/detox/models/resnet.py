@@ -112,6 +112,10 @@ class ResNet(nn.Module):
         self.linear = nn.Linear(cin, num_classes)
         self.feature_dim = cin
 
+    def blocks(self) -> list[nn.Module]:
+        """The residual blocks, in order (PSBD drops out after each)."""
+        return [b for layer in self.layers for b in layer]
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv1(x)
         if not self.preact:

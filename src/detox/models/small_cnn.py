@@ -33,6 +33,10 @@ class SmallCNN(nn.Module):
         self.linear = nn.Linear(c3, num_classes)
         self.feature_dim = c3
 
+    def blocks(self) -> list[nn.Module]:
+        """The conv-BN-ReLU blocks, in order (PSBD drops out after each)."""
+        return [m for m in self.body if isinstance(m, nn.Sequential)]
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return torch.flatten(F.adaptive_avg_pool2d(self.body(x), 1), 1)
 

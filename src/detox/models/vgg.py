@@ -32,6 +32,10 @@ class VGG(nn.Module):
         self.linear = nn.Linear(cin, num_classes)
         self.feature_dim = cin
 
+    def blocks(self) -> list[nn.Module]:
+        """The conv-BN-ReLU stages (their ReLUs), in order (PSBD drops out after each)."""
+        return [m for m in self.body if isinstance(m, nn.ReLU)]
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return torch.flatten(F.adaptive_avg_pool2d(self.body(x), 1), 1)
 

@@ -9,8 +9,11 @@ from detox.defenses.detectors.base import DETECTORS, Detector, DetectorContext, 
 
 __all__ = ["DETECTORS", "Detector", "DetectorContext", "build_detector"]
 from detox.defenses.detectors import (
+    abl,  # noqa: F401
     activation_clustering,  # noqa: F401
     badloss,  # noqa: F401
+    cognitive_distillation,  # noqa: F401
+    psbd,  # noqa: F401
     spectral,  # noqa: F401
     strip,  # noqa: F401
     ultraclean,  # noqa: F401

@@ -7,3 +7,4 @@ one with its typed config.
 from detox.defenses.repairs.base import REPAIRS, ModelRepair, build_repair
 
 __all__ = ["REPAIRS", "ModelRepair", "build_repair"]
+from detox.defenses.repairs import abl  # noqa: F401, E402
