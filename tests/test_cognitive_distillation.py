@@ -1,8 +1,7 @@
 """Cognitive Distillation's mask optimisation on real CIFAR-10 images, against models whose
 evidence is known by construction (one reads only a 3x3 corner, one the whole image).
-Oracle for the TV term: the formula of the authors' code, written with NumPy loops. (On a
-realistic victim, benchmarks measure detection: an 8-epoch small CNN such as the planted
-fixture's is not one; CD ranks its poisons at chance.)"""
+Oracle for the TV term: the formula of the authors' code, written with NumPy loops.
+Detection on a realistic victim is measured by benchmarks/detectors_subset.py."""
 
 from __future__ import annotations
 
