@@ -4,7 +4,7 @@ Loads (or trains, through the victim cache) the victim of a bench group, draws `
 poisoned and ``--clean`` clean training examples (seeded) and ``--probes`` other clean ones
 as the trusted set, and scores the subset with each detector that scores examples with the
 victim alone (no retraining: Spectral Signatures, Activation Clustering, STRIP, PSBD,
-Cognitive Distillation). A quick way to see whether a detector works on a victim before a
+Cognitive Distillation, SCAn). A quick way to see whether a detector works on a victim before a
 full cleanse-and-retrain bench.
 
     DETOX_DATA_DIR=../shared/data python benchmarks/detectors_subset.py --attack badnets \
@@ -26,7 +26,7 @@ from detox.defenses.detectors import DetectorContext, build_detector
 from detox.metrics import detection_metrics
 from detox.pipeline import make_poisoned_set, resolve_configs, train_victim
 
-DETECTORS = ("spectral", "activation-clustering", "strip", "psbd", "cognitive-distillation")
+DETECTORS = ("spectral", "activation-clustering", "strip", "psbd", "cognitive-distillation", "scan")
 
 
 def main() -> None:

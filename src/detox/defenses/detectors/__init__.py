@@ -14,6 +14,7 @@ from detox.defenses.detectors import (
     badloss,  # noqa: F401
     cognitive_distillation,  # noqa: F401
     psbd,  # noqa: F401
+    scan,  # noqa: F401
     spectral,  # noqa: F401
     strip,  # noqa: F401
     ultraclean,  # noqa: F401
