@@ -33,6 +33,7 @@ import numpy as np
 from detox.config import hp
 from detox.data.base import ImageDataset
 from detox.defenses.detectors.base import DETECTORS, Detector, DetectorContext
+from detox.errors import ConfigError
 from detox.utils.seed import derive_seed
 
 
@@ -125,13 +126,9 @@ class ActivationClustering(Detector):
         ctx.artifacts["activation_clustering"] = {"removed": in_small, "classes": report}
         return scores
 
-    def cut(self, scores: np.ndarray, ctx: DetectorContext) -> np.ndarray:
-        """The small clusters of the flagged classes (never a probe); ``cut="fraction"``:
-        the shared fraction cut."""
+    def own_cut(self, scores: np.ndarray, ctx: DetectorContext) -> np.ndarray:
+        """The small clusters of the flagged classes."""
         ac = ctx.artifacts.get("activation_clustering")
-        if self.config.cut == "fraction" or ac is None:
-            return super().cut(scores, ctx)
-        removed = np.asarray(ac["removed"], bool).copy()
-        if ctx.probes is not None:
-            removed[np.asarray(ctx.probes, dtype=np.int64)] = False
-        return removed
+        if ac is None:
+            raise ConfigError("Activation Clustering: cut() needs the clusters score() records")
+        return np.asarray(ac["removed"], bool)

@@ -18,6 +18,7 @@ import numpy as np
 
 from detox.data.base import ImageDataset
 from detox.defenses.context import DefenseContext, DefenseMethod, build_method
+from detox.errors import ConfigError
 from detox.registry import Registry
 
 
@@ -62,15 +63,22 @@ class Detector(DefenseMethod, ABC):
         return float(getattr(self.config, "remove_fraction", 0.0))
 
     def cut(self, scores: np.ndarray, ctx: DetectorContext) -> np.ndarray:
-        """The method's own default cut: remove ``remove_fraction`` of the set, never a
-        probe. Detectors with an adaptive cut override this."""
+        """Which examples to remove, never a probe. With a config field ``cut`` other than
+        ``"fraction"``, the method's own verdicts (:meth:`own_cut`: a threshold, flagged
+        clusters); otherwise ``remove_fraction`` of the set by score."""
         from detox.defenses.cut import cut_fraction
 
-        protected = None
+        protected = np.zeros(len(scores), bool)
         if ctx.probes is not None:
-            protected = np.zeros(len(scores), bool)
             protected[np.asarray(ctx.probes, dtype=np.int64)] = True
+        if getattr(self.config, "cut", "fraction") != "fraction":
+            return np.asarray(self.own_cut(scores, ctx), dtype=bool) & ~protected
         return cut_fraction(scores, self.remove_fraction(), protected=protected)
+
+    def own_cut(self, scores: np.ndarray, ctx: DetectorContext) -> np.ndarray:
+        """The method's own verdicts (boolean, shape (N,)), for its ``cut`` setting;
+        ``score`` records in ``ctx.artifacts`` what they need."""
+        raise ConfigError(f"detector {self.name!r} has no cut of its own; use cut = 'fraction'")
 
 
 DETECTORS: Registry[type[Detector]] = Registry("detector")

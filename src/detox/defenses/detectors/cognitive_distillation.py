@@ -138,16 +138,10 @@ class CognitiveDistillation(Detector):
         ctx.artifacts["cognitive_distillation"] = {"mask_l1": norms}
         return -norms
 
-    def cut(self, scores: np.ndarray, ctx: DetectorContext) -> np.ndarray:
+    def own_cut(self, scores: np.ndarray, ctx: DetectorContext) -> np.ndarray:
         """The code's analysis: mask norm more than ``t`` standard deviations below the
-        mean norm of the set (never a probe); ``cut = "fraction"``: the shared cut."""
-        if self.config.cut == "fraction":
-            return super().cut(scores, ctx)
+        mean norm of the set."""
         norms = -np.asarray(scores, dtype=np.float64)
         if len(norms) < 2:
             raise ConfigError("cognitive distillation: the zscore cut needs 2 or more scores")
-        z = (norms.mean() - norms) / norms.std(ddof=1)
-        removed = z > self.config.t
-        if ctx.probes is not None:
-            removed[np.asarray(ctx.probes, dtype=np.int64)] = False
-        return removed
+        return (norms.mean() - norms) / norms.std(ddof=1) > self.config.t

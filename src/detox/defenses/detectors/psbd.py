@@ -195,15 +195,9 @@ class PSBD(Detector):
         }
         return -psu
 
-    def cut(self, scores: np.ndarray, ctx: DetectorContext) -> np.ndarray:
-        """The authors' cut: PSU below the validation set's ``quantile`` (never a probe);
-        with ``cut = "fraction"``, the shared fraction cut."""
-        if self.config.cut == "fraction":
-            return super().cut(scores, ctx)
+    def own_cut(self, scores: np.ndarray, ctx: DetectorContext) -> np.ndarray:
+        """The authors' cut: PSU below the validation set's ``quantile``."""
         info = ctx.artifacts.get("psbd")
         if info is None:
             raise ConfigError("PSBD: cut() needs the threshold that score() records")
-        removed = -np.asarray(scores, dtype=np.float64) < info["threshold"]
-        if ctx.probes is not None:
-            removed[np.asarray(ctx.probes, dtype=np.int64)] = False
-        return removed
+        return -np.asarray(scores, dtype=np.float64) < info["threshold"]

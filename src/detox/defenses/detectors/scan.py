@@ -200,15 +200,9 @@ class SCAn(Detector):
         }
         return scores
 
-    def cut(self, scores: np.ndarray, ctx: DetectorContext) -> np.ndarray:
-        """The code's cut: the suspected subgroups of the flagged classes (never a probe);
-        ``cut = "fraction"``: the shared fraction cut."""
-        if self.config.cut == "fraction":
-            return super().cut(scores, ctx)
+    def own_cut(self, scores: np.ndarray, ctx: DetectorContext) -> np.ndarray:
+        """The code's cut: the suspected subgroups of the flagged classes."""
         info = ctx.artifacts.get("scan")
         if info is None:
             raise ConfigError("SCAn: cut() needs the verdicts that score() records")
-        removed = np.asarray(info["suspected"], dtype=bool).copy()
-        if ctx.probes is not None:
-            removed[np.asarray(ctx.probes, dtype=np.int64)] = False
-        return removed
+        return np.asarray(info["suspected"], dtype=bool)

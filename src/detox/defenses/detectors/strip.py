@@ -167,15 +167,9 @@ class Strip(Detector):
         ctx.artifacts["strip"] = {"entropy": ent, "probe_entropy": clean, "threshold": thr}
         return -ent
 
-    def cut(self, scores: np.ndarray, ctx: DetectorContext) -> np.ndarray:
-        """The paper's cut: entropy below the threshold fitted on the probes (never a
-        probe); with ``cut = "fraction"``, the shared fraction cut."""
-        if self.config.cut == "fraction":
-            return super().cut(scores, ctx)
+    def own_cut(self, scores: np.ndarray, ctx: DetectorContext) -> np.ndarray:
+        """The paper's cut: entropy below the threshold fitted on the probes."""
         info = ctx.artifacts.get("strip")
         if info is None:
             raise ConfigError("STRIP: cut() needs the threshold that score() records")
-        removed = -np.asarray(scores, dtype=np.float64) < info["threshold"]
-        if ctx.probes is not None:
-            removed[np.asarray(ctx.probes, dtype=np.int64)] = False
-        return removed
+        return -np.asarray(scores, dtype=np.float64) < info["threshold"]
