@@ -171,8 +171,9 @@ class TrainConfig:
         5000,
         "images",
         "[airbench]",
-        help="training images a model initialised from data (AirNet's whitening) sees",
-        range="[1, inf)",
+        help="training images a model initialised from data (AirNet's whitening) sees; "
+        "0: keep the model's weights (fine-tuning a trained model)",
+        range="[0, inf)",
     )
     amp: bool = hp(
         True, help="bf16 autocast on CUDA and on CPUs with bf16 units (AVX-512 BF16/AMX)"
@@ -441,7 +442,9 @@ class _Loop:
     def start(cls, model, x, y, cfg, dev, callbacks, desc) -> _Loop:
         torch.manual_seed(cfg.seed)
         model = model.to(dev)
-        if hasattr(getattr(model, "backbone", model), "init_from_data"):
+        if cfg.data_init_images > 0 and hasattr(
+            getattr(model, "backbone", model), "init_from_data"
+        ):
             # a model initialised from data (AirNet's patch whitening): the first images
             model.init_from_data(to_float(x[: cfg.data_init_images].to(dev)))
         if cfg.channels_last:

@@ -99,8 +99,8 @@ class _BlockDropout:
     def _hook(self, module: nn.Module, inp: Any, out: torch.Tensor) -> torch.Tensor | None:
         if self.gen is None or self.rate <= 0.0:
             return None
-        keep = torch.rand(out.shape, generator=self.gen) >= self.rate
-        return out * keep.to(out.device, out.dtype) / (1.0 - self.rate)
+        keep = torch.rand(out.shape, generator=self.gen, device=out.device) >= self.rate
+        return out * keep.to(out.dtype) / (1.0 - self.rate)
 
     def close(self) -> None:
         for h in self.handles:
@@ -131,7 +131,8 @@ def prediction_shift(
             drop.gen = None
             p0 = F.softmax(model(xb).float(), 1)
             lab = p0.argmax(1, keepdim=True)
-            drop.rate, drop.gen = rate, torch.Generator().manual_seed(derive_seed(seed, i))
+            gen = torch.Generator(device=dev).manual_seed(derive_seed(seed, i))
+            drop.rate, drop.gen = rate, gen  # masks drawn on the device
             probs, changed = [], torch.zeros(len(xb), device=dev)
             for _ in range(passes):
                 p = F.softmax(model(xb).float(), 1)

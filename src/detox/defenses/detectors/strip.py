@@ -109,13 +109,14 @@ def strip_entropy(
     g = torch.Generator().manual_seed(int(seed))
     partners = torch.randint(len(pool), (len(x), n_perturb), generator=g)
     dev = torch.device(device)
+    pool = pool.to(dev)  # once: each chunk gathers its blend partners on the device
     model.eval()
     per = max(1, batch_size // n_perturb)  # inputs per forward pass
     out = np.empty(len(x), dtype=np.float64)
     bar = tqdm(total=len(x), desc=desc, unit="img", disable=not progress, leave=False)
     for i in range(0, len(x), per):
         xb = x[i : i + per].to(dev).float()
-        pb = pool[partners[i : i + per]].to(dev).float()  # (b, n, C, H, W)
+        pb = pool[partners[i : i + per].to(dev)].float()  # (b, n, C, H, W)
         mix = xb[:, None] + pb
         mix = mix.clamp_(max=255.0) if blend == "add" else mix.mul_(0.5)
         logits = model(mix.flatten(0, 1).div_(255.0)).float()

@@ -23,10 +23,10 @@ How detox runs it, and where it simplifies:
 * **One training loop.** Unlearning runs :func:`detox.training.train` with an
   ``on_loss`` hook (:class:`GradientAscent`) that negates the batch's mean cross-entropy,
   on a plain SGD recipe (constant learning rate, none of the victim's loop tricks:
-  Lookahead, BatchNorm-bias learning rate, alternating flips). The victim is handed to
-  ``train`` inside a thin wrapper (:class:`_Unwrapped`) so that the loop does not
-  re-initialise a model that initialises itself from data (AirNet's whitening layer) from
-  the isolated examples. As in the authors' code the model is in train mode, so its
+  Lookahead, BatchNorm-bias learning rate, alternating flips). The run sets
+  ``data_init_images = 0`` and ``whiten_bias_epochs = 0``, so the loop neither
+  re-initialises a model that initialises itself from data (AirNet's whitening layer) from
+  the isolated examples nor unfreezes its whitening bias. As in the authors' code the model is in train mode, so its
   BatchNorm running statistics move towards the isolated (triggered) batch, and the
   ascent sees the isolated examples under their own batch statistics. At small scale that
   does much of the work: on the tests' planted set (20 isolated examples: one step per
@@ -84,19 +84,6 @@ class GradientAscent(TrainHook):
         return -loss
 
 
-class _Unwrapped(nn.Module):
-    """``model`` as :func:`~detox.training.train` should see it for fine-tuning: a plain
-    module without ``backbone`` / ``init_from_data`` / ``set_whitening_bias_trainable``, so
-    the loop neither re-initialises it from data nor changes what it trains."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.inner = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.inner(x)
-
-
 def unlearning_config(
     final: TrainConfig | None,
     config: ABLUnlearnConfig,
@@ -125,6 +112,8 @@ def unlearning_config(
         lookahead=False,
         norm_bias_lr_scale=1.0,
         alternate_flip=False,
+        data_init_images=0,  # fine-tuning: keep the victim's data-initialised layers
+        whiten_bias_epochs=0,
         seed=derive_seed(int(seed), "abl-unlearning") if seed is not None else base.seed,
         progress=base.progress if progress is None else bool(progress),
     )
@@ -156,10 +145,9 @@ class ABLUnlearn(ModelRepair):
             return model.eval()
         sel = torch.from_numpy(idx)
         tcfg = unlearning_config(ctx.train_config, self.config, ctx.seed, ctx.progress)
-        wrapped = _Unwrapped(model)
-        train(wrapped, data.x[sel], data.y[sel], tcfg, device=ctx.device,
+        train(model, data.x[sel], data.y[sel], tcfg, device=ctx.device,
               callbacks=[GradientAscent()], desc="abl unlearning")  # fmt: skip
-        return wrapped.inner.eval()
+        return model.eval()
 
 
 __all__ = ["ABLUnlearn", "ABLUnlearnConfig", "GradientAscent", "unlearning_config"]
