@@ -2,8 +2,9 @@
 
 ``PURIFIERS`` maps names to purifier classes; ``build_purifier(name, preset, **overrides)``
 makes one with its typed config; :func:`purify_all` purifies a uint8 image set in batches
-with a progress bar. Registered: ``sampdetox`` (diffusion, the method) and the training-free
-baselines ``shrinkpad`` and ``median``.
+with a progress bar. Registered: ``sampdetox``
+(diffusion, the method), ``zip`` (diffusion restoration of a degraded input) and the
+training-free baselines ``shrinkpad`` and ``median``.
 """
 
 from detox.defenses.purifiers.base import (
@@ -21,6 +22,7 @@ from detox.defenses.purifiers.sampdetox import (  # registers "sampdetox"
     ssim_map,
 )
 from detox.defenses.purifiers.shrinkpad import ShrinkPad  # registers "shrinkpad"
+from detox.defenses.purifiers.zip import ZIP  # registers "zip"
 
 __all__ = [
     "PURIFIERS",
@@ -31,6 +33,7 @@ __all__ = [
     "SampDetoxConfig",
     "SampDetoxOutput",
     "ShrinkPad",
+    "ZIP",
     "build_purifier",
     "purify_all",
     "ssim_map",

@@ -69,32 +69,29 @@ from __future__ import annotations
 import dataclasses
 import math
 import typing
-import warnings
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from detox.config import hp
-from detox.defenses.purifiers.base import (
-    PURIFIERS,
-    NoiseStreams,
-    Purifier,
-    check_images,
+from detox.defenses.purifiers.base import PURIFIERS, NoiseStreams, check_images
+from detox.defenses.purifiers.diffusion_chain import (
+    VARIANCES,
+    DiffusionPurifier,
+    DiffusionSettings,
+    level_grid,
 )
 from detox.errors import ConfigError
 
-VARIANCES = ("fixed_small", "fixed_large")
-SAMPLERS = ("ddpm", "ddim")
-
 
 @dataclasses.dataclass
-class SampDetoxConfig:
-    """SampDetox settings. Noise levels are in diffusion steps (of T = 1000)."""
+class SampDetoxConfig(DiffusionSettings):
+    """SampDetox settings. Noise levels are in diffusion steps (of T = 1000). The shared
+    diffusion settings (model, sampler, stride, amp, compile, batching, seed):
+    :class:`~detox.defenses.purifiers.diffusion_chain.DiffusionSettings`; redeclared here
+    where SampDetox's sources set them."""
 
-    diffusion: str | None = hp(
-        None, "path or hub id", help="diffusion model: folder (diffusers format) or hub id"
-    )
     t1: int = hp(20, "steps", "[paper]; [code] 120", "stage-1 noise level", range="[0, inf)")
     T2: int = hp(120, "steps", "[paper, code]", "maximum stage-2 noise level", range="[0, inf)")
     beta_schedule: str = hp(
@@ -135,26 +132,6 @@ class SampDetoxConfig:
         0, "levels", "[open]; [code] 1", "extra forward levels when noising", choices=(0, 1)
     )
     shared_noise: bool = hp(False, "", "[code quirk]", "stage 2 re-noises with stage 1's noise")
-    stride: int = hp(
-        1,
-        "levels per reverse step",
-        "[open, beyond the paper]",
-        "1 = faithful",
-        range="[1, inf)",
-    )
-    sampler: str = hp(
-        "ddpm",
-        "ddpm | ddim",
-        "[open]",
-        "reverse step: ddpm (ancestral) | ddim (deterministic)",
-        choices=SAMPLERS,
-    )
-    batch_size: int = hp(128, "images per chunk", range="[1, inf)")
-    seed: int = hp(0, "seed", help="noise seed (per image: derived from seed and position)")
-    amp: bool = hp(False, "", "[open]", "bf16 autocast of the UNet on CUDA")
-    compile: bool = hp(
-        False, "", "[open]", "torch.compile the UNet on CUDA (~20 s once; 2.9x on an H200)"
-    )
 
     PRESETS: typing.ClassVar[dict[str, dict[str, Any]]] = {
         "paper": {},
@@ -174,12 +151,9 @@ class SampDetoxConfig:
 
     def validate(self) -> None:
         """What no declared range says (each field's range and choices: ``hp``)."""
+        super().validate()
         if self.ssim_window % 2 == 0:
             raise ConfigError(f"ssim_window={self.ssim_window}: expected an odd size >= 3")
-        if self.beta_schedule != "any":  # names and aliases, case-insensitive
-            from detox.diffusion.backend import normalize_schedule
-
-            normalize_schedule(self.beta_schedule)
 
 
 # ---------------------------------------------------------------------------------------
@@ -270,17 +244,6 @@ def level_map(grey: torch.Tensor, T2: int) -> torch.Tensor:
     return ((1.0 - grey) * T2).floor().clamp_(0, T2).to(torch.int64)
 
 
-def level_grid(top: int, stride: int) -> list[int]:
-    """Descending noise levels ``top, ..., 0`` spaced about ``stride`` apart (evenly).
-
-    ``stride = 1`` gives every level; ``top = 0`` gives ``[0]`` (nothing to do).
-    """
-    if top <= 0:
-        return [0]
-    n = math.ceil(top / stride)
-    return sorted({round(top * k / n) for k in range(n + 1)}, reverse=True)
-
-
 def snap_up(levels: torch.Tensor, grid: list[int]) -> torch.Tensor:
     """Round every level up to the nearest level of ``grid`` (identity for stride 1)."""
     g = torch.tensor(sorted(grid), device=levels.device, dtype=levels.dtype)
@@ -304,120 +267,14 @@ class SampDetoxOutput:
 
 
 @PURIFIERS.register("sampdetox")
-class SampDetox(Purifier):
+class SampDetox(DiffusionPurifier):
     """SampDetox with a diffusers diffusion model. See the module docstring."""
 
     name = "sampdetox"
     Config = SampDetoxConfig
 
-    def __init__(self, config: SampDetoxConfig | None = None, model: Any = None) -> None:
-        super().__init__(config)
-        self._model = None
-        self._net = None  # torch.compile-d UNet (config.compile on CUDA)
-        self._size_warned = False
-        if model is not None:
-            self.set_model(model)
-
-    # -- model -----------------------------------------------------------------------------
-    @property
-    def model(self):
-        if self._model is None:
-            from detox.diffusion.backend import load_diffusion, packaged_datasets
-
-            if not self.config.diffusion:
-                raise ConfigError(
-                    "sampdetox needs a diffusion model: set diffusion=PATH (a diffusers-format "
-                    "folder, e.g. one written by `detox diffusion train`) or pass model=; "
-                    f"detox ships models for {', '.join(packaged_datasets()) or 'no dataset'} only"
-                )
-
-            self.set_model(load_diffusion(self.config.diffusion, device=self.device))
-        return self._model
-
-    def use_dataset_defaults(self, dataset: str | None) -> SampDetox:
-        """Without ``diffusion`` set, use the model shipped for ``dataset`` (if any)."""
-        if self._model is None and not self.config.diffusion:
-            from detox.diffusion import packaged_diffusion
-
-            self.config.diffusion = packaged_diffusion(dataset)
-        return self
-
-    def set_model(self, model: Any) -> SampDetox:
-        """Use ``model`` (a :class:`~detox.diffusion.DiffusionModel`); checks it fits.
-
-        The first model set decides the purifier's device (``.to()`` changes both)."""
-        cfg = self.config
-        top = max(cfg.t1, cfg.T2)
-        if top + cfg.noise_offset > model.num_train_timesteps:
-            raise ConfigError(
-                f"sampdetox: noise level {top + cfg.noise_offset} exceeds the model's "
-                f"T = {model.num_train_timesteps}"
-            )
-        abar, timesteps = self._chain_schedule(model, top)
-        if self._model is None and model.device != self.device:
-            self.device = model.device  # a model given ready on a device: run there
-        self._model = model.to(self.device)
-        self._abar = abar  # float64, CPU, index = level
-        self._timesteps = timesteps  # network timestep per level (None: level - 1)
-        self._net = None  # the compiled UNet (cfg.compile), made at the first CUDA call
-        return self
-
-    def _chain_schedule(self, model: Any, top: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The chains' ``abar`` per level and the network timestep of each level.
-
-        A ``continuous_time`` model (trained on fractional levels) runs the chains on the
-        schedule the settings name, evaluated at the fractional timestep of its own
-        schedule with the same noise amount; any other model runs them on its own schedule
-        (warning when the settings expect another), at timestep ``level - 1``.
-        """
-        cfg = self.config
-        if model.continuous_time and cfg.beta_schedule != "any":
-            from detox.diffusion.backend import make_scheduler
-
-            sched = make_scheduler(cfg.beta_schedule, model.num_train_timesteps)
-            betas = torch.as_tensor(sched.betas).to("cpu", torch.float64)
-            abar = torch.cat([torch.ones(1, dtype=torch.float64), torch.cumprod(1.0 - betas, 0)])
-            if float(abar[top]) < model.min_abar * (1.0 - 1e-9):
-                raise ConfigError(
-                    f"sampdetox: level {top} of the {cfg.beta_schedule!r} schedule "
-                    f"(abar {float(abar[top]):.4f}) is noisier than the diffusion model "
-                    f"{model.source!r} was trained on (abar >= {model.min_abar:.4f}); lower "
-                    "t1/T2"
-                )
-            return abar, model.timesteps_for(abar[: top + 1]).float()
-        if top > model.t_max:
-            raise ConfigError(
-                f"sampdetox: max(t1, T2) = {top} but the diffusion model {model.source!r} was "
-                f"trained on timesteps [0, {model.t_max}) only; lower t1/T2 or train with "
-                f"t_max >= {top}"
-            )
-        if cfg.beta_schedule != "any":
-            from detox.diffusion.backend import normalize_schedule
-
-            want = normalize_schedule(cfg.beta_schedule)
-            if model.beta_schedule != want:
-                msg = (
-                    f"sampdetox: the settings expect the {want!r} beta schedule but the "
-                    f"diffusion model uses {model.beta_schedule!r}; using the model's schedule "
-                    "(the noise levels t1/T2 then mean different noise amounts)"
-                )
-                self.warnings.append(msg)
-                warnings.warn(msg, stacklevel=3)
-        return model.abar_levels, None
-
-    def to(self, device: str | torch.device) -> SampDetox:
-        super().to(device)
-        if self._model is not None:
-            self._model.to(self.device)
-        return self
-
-    def _fingerprint_extra(self) -> bytes:
-        """The diffusion model: scheduler settings and UNet weights."""
-        from detox.utils.fingerprint import state_fingerprint
-
-        m = self.model
-        sched = repr(sorted(m.scheduler.config.items()))
-        return f"{sched}|{state_fingerprint(m.unet)}".encode()
+    def _top_level(self) -> int:
+        return max(self.config.t1, self.config.T2)
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
@@ -425,53 +282,9 @@ class SampDetox(Purifier):
         d["network_evaluations_per_image"] = (len(level_grid(cfg.t1, cfg.stride)) - 1) + (
             len(level_grid(cfg.T2, cfg.stride)) - 1
         )
-        if self._model is not None:
-            d["diffusion"] = self._model.describe()
         return d
 
     # -- chains ----------------------------------------------------------------------------
-    def _eps(self, x: torch.Tensor, level: int) -> torch.Tensor:
-        if self._timesteps is None:
-            t = torch.full((x.shape[0],), level - 1, dtype=torch.long, device=x.device)
-        else:
-            t = torch.full((x.shape[0],), float(self._timesteps[level]), device=x.device)
-        use_amp = self.config.amp and x.device.type == "cuda"
-        if self.config.compile and x.device.type == "cuda" and self._net is None:
-            self._net = torch.compile(self.model.unet)
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=use_amp):
-            return self.model.eps(x, t, net=self._net).float()
-
-    def _step(
-        self,
-        x: torch.Tensor,
-        a: int,
-        b: int,
-        noise: NoiseStreams,
-        active: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """One reverse step from level ``a`` to level ``b < a`` (respaced when a - b > 1);
-        with ``active`` (bool, broadcastable) only those pixels take the new value."""
-        cfg = self.config
-        ab_a, ab_b = float(self._abar[a]), float(self._abar[b])
-        eps = self._eps(x, a)
-        x0 = (x - math.sqrt(1.0 - ab_a) * eps) / math.sqrt(ab_a)
-        if cfg.clip_denoised:
-            x0 = x0.clamp(-1.0, 1.0)
-        if cfg.sampler == "ddim":
-            new = math.sqrt(ab_b) * x0 + math.sqrt(1.0 - ab_b) * eps
-        else:
-            alpha = ab_a / ab_b
-            beta = 1.0 - alpha
-            c0 = math.sqrt(ab_b) * beta / (1.0 - ab_a)
-            ct = math.sqrt(alpha) * (1.0 - ab_b) / (1.0 - ab_a)
-            new = c0 * x0 + ct * x
-            if b > 0:
-                var = beta * (1.0 - ab_b) / (1.0 - ab_a) if cfg.variance == "fixed_small" else beta
-                new = new + math.sqrt(var) * noise.randn()
-        if active is not None:
-            new = torch.where(active, new, x)
-        return new
-
     def _stage1(self, x0: torch.Tensor, noise: NoiseStreams) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (xbar in [-1, 1], the initial noise)."""
         cfg = self.config
@@ -493,21 +306,8 @@ class SampDetox(Purifier):
 
     def _run(self, x: torch.Tensor, seed: int, start_index: int) -> SampDetoxOutput:
         cfg = self.config
-        model = self.model
+        self._check_input(x)
         b, c, h, w = x.shape
-        if c != model.in_channels:
-            raise ConfigError(
-                f"sampdetox: images have {c} channels, the diffusion model expects "
-                f"{model.in_channels}"
-            )
-        if model.sample_size and model.sample_size != h and not self._size_warned:
-            msg = (
-                f"sampdetox: images are {h}x{w}, the diffusion model was built for "
-                f"{model.sample_size}x{model.sample_size}"
-            )
-            self.warnings.append(msg)
-            warnings.warn(msg, stacklevel=3)
-            self._size_warned = True
         noise = NoiseStreams(seed, range(start_index, start_index + b), (c, h, w), x.device)
         with torch.inference_mode():
             x0 = x * 2.0 - 1.0
