@@ -13,6 +13,7 @@ from detox.defenses.detectors import (
     activation_clustering,  # noqa: F401
     badloss,  # noqa: F401
     cognitive_distillation,  # noqa: F401
+    frequency,  # noqa: F401
     psbd,  # noqa: F401
     scan,  # noqa: F401
     spectral,  # noqa: F401

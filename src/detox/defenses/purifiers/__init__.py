@@ -3,7 +3,8 @@
 ``PURIFIERS`` maps names to purifier classes; ``build_purifier(name, preset, **overrides)``
 makes one with its typed config; :func:`purify_all` purifies a uint8 image set in batches
 with a progress bar. Registered: ``sampdetox``
-(diffusion, the method), ``zip`` (diffusion restoration of a degraded input) and the
+(diffusion, the method), ``zip`` (diffusion restoration of a degraded input), ``lite-bd``
+(down-up scaling and band-by-band frequency filtering, querying the victim) and the
 training-free baselines ``shrinkpad`` and ``median``.
 """
 
@@ -14,6 +15,7 @@ from detox.defenses.purifiers.base import (
     build_purifier,
     purify_all,
 )
+from detox.defenses.purifiers.litebd import LiteBD  # registers "lite-bd"
 from detox.defenses.purifiers.median import Median  # registers "median"
 from detox.defenses.purifiers.sampdetox import (  # registers "sampdetox"
     SampDetox,
@@ -26,6 +28,7 @@ from detox.defenses.purifiers.zip import ZIP  # registers "zip"
 
 __all__ = [
     "PURIFIERS",
+    "LiteBD",
     "Median",
     "NoiseStreams",
     "Purifier",
