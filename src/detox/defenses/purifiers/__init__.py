@@ -3,7 +3,8 @@
 ``PURIFIERS`` maps names to purifier classes; ``build_purifier(name, preset, **overrides)``
 makes one with its typed config; :func:`purify_all` purifies a uint8 image set in batches
 with a progress bar. Registered: ``sampdetox``
-(diffusion, the method), ``zip`` (diffusion restoration of a degraded input), ``lite-bd``
+(diffusion, the method), ``zip`` (diffusion restoration of a degraded input), ``sancdifi``
+(diffusion regeneration of the victim's salient region), ``lite-bd``
 (down-up scaling and band-by-band frequency filtering, querying the victim) and the
 training-free baselines ``shrinkpad`` and ``median``.
 """
@@ -23,6 +24,7 @@ from detox.defenses.purifiers.sampdetox import (  # registers "sampdetox"
     SampDetoxOutput,
     ssim_map,
 )
+from detox.defenses.purifiers.sancdifi import Sancdifi  # registers "sancdifi"
 from detox.defenses.purifiers.shrinkpad import ShrinkPad  # registers "shrinkpad"
 from detox.defenses.purifiers.zip import ZIP  # registers "zip"
 
@@ -35,6 +37,7 @@ __all__ = [
     "SampDetox",
     "SampDetoxConfig",
     "SampDetoxOutput",
+    "Sancdifi",
     "ShrinkPad",
     "ZIP",
     "build_purifier",
