@@ -4,7 +4,8 @@
 makes one with its typed config; :func:`purify_all` purifies a uint8 image set in batches
 with a progress bar. Registered: ``sampdetox``
 (diffusion, the method), ``zip`` (diffusion restoration of a degraded input), ``sancdifi``
-(diffusion regeneration of the victim's salient region), ``lite-bd``
+(diffusion regeneration of the victim's salient region), ``bdmae`` (masked-autoencoder
+restoration of the tokens whose masking changes the victim's label), ``lite-bd``
 (down-up scaling and band-by-band frequency filtering, querying the victim) and the
 training-free baselines ``shrinkpad`` and ``median``.
 """
@@ -16,6 +17,7 @@ from detox.defenses.purifiers.base import (
     build_purifier,
     purify_all,
 )
+from detox.defenses.purifiers.bdmae import BDMAE  # registers "bdmae"
 from detox.defenses.purifiers.litebd import LiteBD  # registers "lite-bd"
 from detox.defenses.purifiers.median import Median  # registers "median"
 from detox.defenses.purifiers.sampdetox import (  # registers "sampdetox"
@@ -29,6 +31,7 @@ from detox.defenses.purifiers.shrinkpad import ShrinkPad  # registers "shrinkpad
 from detox.defenses.purifiers.zip import ZIP  # registers "zip"
 
 __all__ = [
+    "BDMAE",
     "PURIFIERS",
     "LiteBD",
     "Median",

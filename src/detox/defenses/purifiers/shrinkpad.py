@@ -5,8 +5,8 @@ Attack" (2021), as used by BackdoorBox's ``ShrinkPad``: shrink the image by ``sh
 pixels per side-pair (bilinear, antialiased) and zero-pad it back to its size at a random
 offset. A trigger learned at a fixed position and scale (BadNets) is moved and resized;
 blending and warping triggers are mostly kept. No model, no training: the baseline next
-to which SampDetox's diffusion purification is measured (the SampDetox paper compares
-with Sancdifi, BDMAE and ZIP, which need extra networks and are not implemented here).
+to which SampDetox's diffusion purification is measured, with the purifiers the SampDetox
+paper compares against (``zip``, ``sancdifi``, ``bdmae``) and ``lite-bd``.
 
 Settings: ``shrink`` = 4 pixels of 32 [BackdoorBox default pad = 4]; offsets are drawn
 per image from ``(seed, position)`` (:class:`~detox.defenses.purifiers.base.NoiseStreams`'s
