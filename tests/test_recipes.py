@@ -50,6 +50,7 @@ class TinyUAPConfig(AttackConfig):
 class TinyUAP(Attack):
     name = "tiny-uap"
     Config = TinyUAPConfig
+    presets = {"smoke": {}, "paper": {"eps": 16 / 255}}  # a run's preset picks its own
 
     def prepare(self, train, ctx=None):
         def build():
@@ -229,6 +230,25 @@ def test_learned_attack_builds_its_artefact_once_and_it_travels(tmp_path, one_th
     (exported / "artefact.safetensors").write_bytes(b"damaged")
     with pytest.raises(Exception, match="SHA-256"):
         Store("artefacts").import_entry(exported)
+
+
+def test_attack_fit_finds_the_runs_artefact_and_exports_it(tmp_path, one_thread, capsys):
+    """`detox attack fit` poisons as `detox run` does (same data, preset and seed), so it
+    builds the same artefact a run reads; the run's preset picks the attack's preset."""
+    BUILDS.clear()
+    fit = ["attack", "fit", "--dataset", "cifar10", "--attack", "tiny-uap:ratio=0.2",
+           "--preset", "smoke", "--quiet", *VICTIM]  # fmt: skip
+    assert main([*fit, "--export", str(tmp_path / "x")]) == 0
+    assert BUILDS == ["tiny-uap"]
+    assert "(preset smoke)" in capsys.readouterr().out
+    (key,) = [e.key for e in Store("artefacts").entries()]
+    meta = json.loads((tmp_path / "x" / "tiny-uap" / "entry.json").read_text())
+    assert meta["key"] == key and (tmp_path / "x" / "tiny-uap" / "artefact.safetensors").is_file()
+    _run(tmp_path, "a", "tiny-uap:ratio=0.2")
+    assert BUILDS == ["tiny-uap"]  # the run read what `attack fit` built
+    capsys.readouterr()
+    assert main(["attack", "fit", "--attack", "badnets", "--preset", "smoke", "--quiet"]) == 0
+    assert "no artefact" in capsys.readouterr().out  # a fixed trigger has nothing to build
 
 
 def test_training_controlled_attack_learns_its_trigger_with_the_victim(tmp_path, one_thread):

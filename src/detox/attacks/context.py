@@ -44,6 +44,7 @@ class AttackContext:
     progress: bool = True
     cache: bool = True
     built: list[str] = dataclasses.field(default_factory=list)  # artefact keys built here
+    used: list[str] = dataclasses.field(default_factory=list)  # keys read, built or cached
 
     def data_digest(self) -> str:
         from detox.cache import cache_key
@@ -99,6 +100,7 @@ class AttackContext:
             given or {},
         )
         store = Store("artefacts")
+        self.used.append(key)
         entry = store.get(key) if self.cache else None
         if entry is not None:
             try:

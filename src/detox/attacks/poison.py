@@ -51,11 +51,15 @@ def poison(
     *,
     device: torch.device | str = "cpu",
     test_limit: int | None = None,
+    scale: str | None = None,
 ) -> PoisonedSet:
     """Poison ``train`` with ``attacks`` (specs, strings like ``"badnets,blended"``, or a
     suite name) and build each attack's triggered test set from ``test``.
 
     ``test_limit`` caps each triggered test set (a seeded subset of the eligible images).
+    ``scale``: the run's preset (``smoke``, ``quick``, ``paper``); an attack that has a
+    preset of that name (a learned attack's artefact settings) uses it unless its spec
+    names another (``lf:preset=paper``).
     See the module docstring for the procedure.
     """
     specs = parse_attacks(attacks)
@@ -68,7 +72,7 @@ def poison(
     if test_limit is not None and test_limit < 1:
         raise ConfigError(f"test_limit={test_limit}: expected >= 1")
     device = torch.device(device) if isinstance(device, str) else device
-    run = _Poisoning.start(train, seed, device)
+    run = _Poisoning.start(train, seed, device, scale)
     for i, (spec, uname) in enumerate(zip(specs, _unique_names([s.name for s in specs]))):
         run.add(i, spec, uname, test, test_limit)
     source = dict(train.meta)
@@ -106,9 +110,12 @@ class _Poisoning:
     used_targets: set[int] = dataclasses.field(default_factory=set)
     records: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     triggered: dict[str, TriggeredSet] = dataclasses.field(default_factory=dict)
+    scale: str | None = None  # the run's preset: attacks with a preset of that name use it
 
     @classmethod
-    def start(cls, train: ImageDataset, seed: int, device: torch.device) -> _Poisoning:
+    def start(
+        cls, train: ImageDataset, seed: int, device: torch.device, scale: str | None = None
+    ) -> _Poisoning:
         n, k = len(train), train.num_classes
         y_true = train.y.clone()
         return cls(
@@ -116,12 +123,16 @@ class _Poisoning:
             torch.full((n,), -1, dtype=torch.int64), torch.zeros(n, dtype=torch.bool),
             torch.bincount(y_true, minlength=k),
             torch.randperm(k, generator=torch_generator(derive_seed(seed, "targets"))),
+            scale=scale,
         )  # fmt: skip
 
     def add(self, i: int, spec: AttackSpec, uname: str, test, test_limit) -> None:
         """Poison with the ``i``-th attack: target, indices, trigger, extras, test set."""
         cls = ATTACKS.get(spec.name)
-        defaults = cls.preset_config(spec.preset)
+        preset = spec.preset
+        if preset is None and self.scale in cls.presets:
+            preset = self.scale  # a learned attack's quick / paper artefact settings
+        defaults = cls.preset_config(preset)
         ratio = spec.ratio if spec.ratio is not None else defaults.ratio
         label_mode = spec.label_mode or cls.label_mode
         clean = label_mode == "clean"
@@ -153,6 +164,7 @@ class _Poisoning:
         if cls.controls_training:  # shaped during the victim's training; test set after it
             self.records.append(_record(uname, spec, attack, tmap, ratio, 0, train, idx[:0], 0))
             self.records[-1].update(controls_training=True, index=i, test_limit=test_limit)
+            _note_preset_and_artefacts(self.records[-1], preset, ctx)
             return
         g_apply = torch_generator(derive_seed(self.seed, "apply", i, spec.name))
         self.x[idx] = attack.apply_uint8(train.x[idx], device=self.device, generator=g_apply)
@@ -170,6 +182,7 @@ class _Poisoning:
         self.records.append(
             _record(uname, spec, attack, tmap, ratio, count, train, extra_idx, n_test)
         )
+        _note_preset_and_artefacts(self.records[-1], preset, ctx)
 
     def _select(self, i, spec, uname, cls, defaults, ratio, ratio_of, clean):
         """Steps 1-4: the target, the pool of eligible examples, the count, the indices
@@ -294,6 +307,14 @@ def _random_target(uname, ratio, spec, order: torch.Tensor, used: set[int], fits
             f"{' and min_count ' + str(spec.min_count) if spec.min_count else ''}"
         )
     return first_fit
+
+
+def _note_preset_and_artefacts(rec: dict[str, Any], preset: str | None, ctx: Any) -> None:
+    """The preset actually used, and the cache keys of the artefacts the attack read
+    (``detox attack fit`` exports them), in the attack's record."""
+    rec["preset"] = preset
+    if ctx.used:
+        rec["artefacts"] = list(ctx.used)
 
 
 def _record(

@@ -82,8 +82,9 @@ def load_group(group: Group, ctx: BenchContext) -> tuple[Any, Any, dict[str, Any
     )
     tcfg.progress = ctx.progress
     pset = make_poisoned_set(
-        dcfg, group.attack_value, group.seed, ctx.data_dir, device, ecfg.test_limit
-    )
+        dcfg, group.attack_value, group.seed, ctx.data_dir, device, ecfg.test_limit,
+        scale=group.preset,
+    )  # fmt: skip
     victim, info = train_victim(pset, tcfg, device, cache=True)
     _LOADED.clear()
     _LOADED[group.id] = (pset, victim, info, tcfg)

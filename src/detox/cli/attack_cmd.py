@@ -1,4 +1,5 @@
-"""``detox poison`` (write a PoisonedSet artefact) and ``detox show`` (draw it)."""
+"""``detox poison`` (write a PoisonedSet artefact), ``detox show`` (draw it) and
+``detox attack fit`` (build a learned attack's artefact, and export it as plain files)."""
 
 from __future__ import annotations
 
@@ -56,6 +57,69 @@ def register_poison(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_poison)
 
 
+@COMMANDS.register("attack")
+def register_attack(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("attack", help="build learned attacks' artefacts")
+    asub = p.add_subparsers(dest="attack_command", required=True, metavar="ACTION")
+    fit = asub.add_parser(
+        "fit",
+        help="build (or find in the cache) the artefacts of the attacks given, as a run "
+        "with the same dataset, preset and seed would, and optionally export them",
+    )
+    add_attack_args(fit)
+    fit.add_argument(
+        "--export",
+        default=None,
+        metavar="DIR",
+        help="also copy each artefact to DIR/<attack> (safetensors + JSON; `detox cache "
+        "import DIR/<attack>` installs it elsewhere)",
+    )
+    add_common(fit)
+    fit.set_defaults(func=run_attack_fit)
+
+
+def run_attack_fit(args: argparse.Namespace) -> int:
+    """Poison as ``detox run`` would (same data, preset and seed, so the same artefact keys),
+    then report every artefact the attacks read: built now or found in the cache."""
+    import time
+
+    from detox.cache import Store
+    from detox.config import parse_overrides
+    from detox.errors import ConfigError
+    from detox.pipeline import make_poisoned_set, resolve_configs
+    from detox.utils.device import resolve_device
+
+    specs = attack_specs(args)
+    if not specs:
+        raise ConfigError("give --attack and/or --suite")
+    if args.export and Path(args.export).exists() and any(Path(args.export).iterdir()):
+        raise ConfigError(f"--export {args.export}: expected a new or empty folder")
+    dcfg, _, ecfg = resolve_configs(
+        args.preset, args.dataset, args.seed, parse_overrides(args.overrides)
+    )
+    start = time.perf_counter()
+    pset = make_poisoned_set(
+        dcfg, specs, args.seed, args.data_dir, resolve_device(args.device), ecfg.test_limit,
+        scale=args.preset,
+    )  # fmt: skip
+    seconds = time.perf_counter() - start
+    store = Store("artefacts")
+    found = 0
+    for rec in pset.attacks:
+        for key in rec.get("artefacts", []):
+            found += 1
+            line = f"{rec['name']}: artefact {key} (preset {rec.get('preset') or 'default'})"
+            if args.export:
+                dest = store.export(key, Path(args.export) / rec["name"])
+                line += f" -> {dest}"
+            print(line)
+    if not found:
+        names = ", ".join(r["attack"] for r in pset.attacks)
+        print(f"{names}: no artefact (fixed triggers are made from the seed alone)")
+    print(f"done in {seconds:.1f} s")
+    return 0
+
+
 @COMMANDS.register("show")
 def register_show(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("show", help="draw clean vs poisoned examples of an artefact (PNG)")
@@ -95,7 +159,9 @@ def run_poison(args: argparse.Namespace) -> int:
     )
     device = resolve_device(args.device)
     check_output(args.out, [args.dataset], args.force)  # fail before the work
-    pset = make_poisoned_set(dcfg, specs, args.seed, args.data_dir, device, ecfg.test_limit)
+    pset = make_poisoned_set(
+        dcfg, specs, args.seed, args.data_dir, device, ecfg.test_limit, scale=args.preset
+    )
     with output_folder(args.out, [args.dataset], args.force) as run:
         run.write_config(
             "poison",

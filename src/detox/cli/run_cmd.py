@@ -91,7 +91,9 @@ def _run(args, specs, dcfg, tcfg, ecfg, device, defenses, run_dir) -> str:
     from detox.config import asdict
     from detox.pipeline import evaluate_backdoor, make_poisoned_set, run_defense, train_victim
 
-    pset = make_poisoned_set(dcfg, specs, args.seed, args.data_dir, device, ecfg.test_limit)
+    pset = make_poisoned_set(
+        dcfg, specs, args.seed, args.data_dir, device, ecfg.test_limit, scale=args.preset
+    )
     run_dir.write_config(
         "run",
         {

@@ -52,8 +52,11 @@ def make_poisoned_set(
     data_dir: str | os.PathLike | None = None,
     device: torch.device | str = "cpu",
     test_limit: int | None = None,
+    scale: str | None = None,
 ) -> PoisonedSet:
-    """Load the data of ``data_cfg`` and poison it with ``attacks`` (None/"" = no attack)."""
+    """Load the data of ``data_cfg`` and poison it with ``attacks`` (None/"" = no attack);
+    ``scale``: the run's preset, which picks learned attacks' artefact settings
+    (:func:`detox.attacks.poison`)."""
     from detox.attacks import poison
     from detox.attacks.suites import check_suite_dataset
 
@@ -71,7 +74,10 @@ def make_poisoned_set(
         )
     if not attacks:
         return PoisonedSet.from_clean(train_ds, seed=seed, test=test_ds)
-    return poison(train_ds, attacks, seed=seed, test=test_ds, device=device, test_limit=test_limit)
+    return poison(
+        train_ds, attacks, seed=seed, test=test_ds, device=device, test_limit=test_limit,
+        scale=scale,
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------
