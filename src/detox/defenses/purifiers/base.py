@@ -16,7 +16,7 @@ with ``PRESETS``; :func:`build_purifier` makes one by name.
 from __future__ import annotations
 
 import dataclasses
-from abc import ABC, abstractmethod
+from abc import ABC
 from collections.abc import Sequence
 from typing import Any, ClassVar, TypeVar
 
@@ -120,23 +120,44 @@ class Purifier(DefenseMethod, ABC):
     def batch_size(self) -> int:
         return int(getattr(self.config, "batch_size", 256))
 
+    #: Purifiers that can show their work set ``Output``: a dataclass of per-image tensors
+    #: whose first field ``x`` holds the purified images (SampDetox: stage 1, trigger map,
+    #: levels), made by :meth:`_run` for one batch; ``purify(..., return_intermediates=True)``
+    #: then returns one for the whole input.
+    Output: ClassVar[type | None] = None
+
     def purify(
         self,
         x: torch.Tensor,
         seed: int | None = None,
         start_index: int = 0,
         batch_size: int | None = None,
-    ) -> torch.Tensor:
+        return_intermediates: bool = False,
+    ) -> Any:
         """Purified ``x`` (float [0, 1], B x C x H x W), same shape/dtype/device as ``x``.
 
         ``seed`` defaults to ``config.seed``; ``start_index`` is the position of ``x[0]``
         in the overall input (noise is derived from ``(seed, start_index + row)``).
         Large inputs are processed in chunks of ``batch_size`` (default
-        ``config.batch_size``); the result does not depend on it.
+        ``config.batch_size``); the result does not depend on it. With
+        ``return_intermediates=True``: an :attr:`Output` on ``x``'s device.
         """
         check_images(x)
         seed = int(getattr(self.config, "seed", 0) if seed is None else seed)
         bs = int(batch_size or self.batch_size)
+        if return_intermediates:
+            if self.Output is None:
+                raise ConfigError(f"purifier {self.name!r} has no intermediates to return")
+            parts = [
+                self._run(x[i : i + bs].to(self.device, torch.float32), seed, start_index + i)
+                for i in range(0, len(x), bs)
+            ]
+            return self.Output(
+                *(
+                    torch.cat([getattr(p, f.name) for p in parts]).to(x.device)
+                    for f in dataclasses.fields(self.Output)
+                )
+            )
         outs = []
         for i in range(0, len(x), bs):
             xb = x[i : i + bs].to(self.device, torch.float32)
@@ -147,9 +168,18 @@ class Purifier(DefenseMethod, ABC):
 
     __call__ = purify
 
-    @abstractmethod
     def _purify_batch(self, x: torch.Tensor, seed: int, start_index: int) -> torch.Tensor:
-        """Purify one batch (float32 [0, 1] on ``self.device``)."""
+        """Purify one batch (float32 [0, 1] on ``self.device``). Purifiers with an
+        :attr:`Output` implement :meth:`_run` instead."""
+        if self.Output is None:
+            raise NotImplementedError(
+                f"{type(self).__name__} implements neither _purify_batch nor _run"
+            )
+        return self._run(x, seed, start_index).x
+
+    def _run(self, x: torch.Tensor, seed: int, start_index: int) -> Any:
+        """One batch's :attr:`Output` (purifiers that set it)."""
+        raise NotImplementedError
 
     def use_dataset_defaults(self, dataset: str | None) -> Purifier:
         """Fill settings left unset with what detox ships for ``dataset`` (SampDetox: the

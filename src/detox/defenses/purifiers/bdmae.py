@@ -74,7 +74,7 @@ import torch
 import torch.nn.functional as F
 
 from detox.config import hp
-from detox.defenses.purifiers.base import PURIFIERS, Purifier, check_images
+from detox.defenses.purifiers.base import PURIFIERS, Purifier
 from detox.errors import ConfigError
 from detox.utils.seed import derive_seed
 
@@ -211,6 +211,7 @@ class BDMAE(Purifier):
 
     name = "bdmae"
     Config = BDMAEConfig
+    Output = BDMAEOutput
     needs_model = True
 
     def __init__(self, config: BDMAEConfig | None = None, model: Any = None) -> None:
@@ -468,33 +469,3 @@ class BDMAE(Purifier):
         largest = masks[:, -1]
         out = torch.where(mae.pixel_mask(largest), avg, x)
         return out, largest
-
-    def _purify_batch(self, x: torch.Tensor, seed: int, start_index: int) -> torch.Tensor:
-        return self._run(x, seed, start_index).x
-
-    def purify(
-        self,
-        x: torch.Tensor,
-        seed: int | None = None,
-        start_index: int = 0,
-        batch_size: int | None = None,
-        return_intermediates: bool = False,
-    ) -> Any:
-        """Purified ``x``; with ``return_intermediates=True`` a :class:`BDMAEOutput`
-        (purified images, scores, the largest restored mask, the victim's labels) on
-        ``x``'s device."""
-        if not return_intermediates:
-            return super().purify(x, seed, start_index, batch_size)
-        check_images(x)
-        seed = int(self.config.seed if seed is None else seed)
-        bs = int(batch_size or self.batch_size)
-        parts = [
-            self._run(x[i : i + bs].to(self.device, torch.float32), seed, start_index + i)
-            for i in range(0, len(x), bs)
-        ]
-        return BDMAEOutput(
-            *(
-                torch.cat([getattr(p, f.name) for p in parts]).to(x.device)
-                for f in dataclasses.fields(BDMAEOutput)
-            )
-        )

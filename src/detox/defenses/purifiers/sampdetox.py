@@ -75,7 +75,7 @@ import torch
 import torch.nn.functional as F
 
 from detox.config import hp
-from detox.defenses.purifiers.base import PURIFIERS, NoiseStreams, check_images
+from detox.defenses.purifiers.base import PURIFIERS, NoiseStreams
 from detox.defenses.purifiers.diffusion_chain import (
     VARIANCES,
     DiffusionPurifier,
@@ -272,6 +272,7 @@ class SampDetox(DiffusionPurifier):
 
     name = "sampdetox"
     Config = SampDetoxConfig
+    Output = SampDetoxOutput
 
     def _top_level(self) -> int:
         return max(self.config.t1, self.config.T2)
@@ -327,32 +328,3 @@ class SampDetox(DiffusionPurifier):
             else:
                 out = xbar
             return SampDetoxOutput((out + 1.0) / 2.0, stage1, grey, t2)
-
-    def _purify_batch(self, x: torch.Tensor, seed: int, start_index: int) -> torch.Tensor:
-        return self._run(x, seed, start_index).x
-
-    def purify(
-        self,
-        x: torch.Tensor,
-        seed: int | None = None,
-        start_index: int = 0,
-        batch_size: int | None = None,
-        return_intermediates: bool = False,
-    ) -> Any:
-        """Purified ``x``; with ``return_intermediates=True`` a :class:`SampDetoxOutput`
-        (purified images, stage-1 output, grey map, per-pixel levels) on ``x``'s device."""
-        if not return_intermediates:
-            return super().purify(x, seed, start_index, batch_size)
-        check_images(x)
-        seed = int(self.config.seed if seed is None else seed)
-        bs = int(batch_size or self.batch_size)
-        parts = [
-            self._run(x[i : i + bs].to(self.device, torch.float32), seed, start_index + i)
-            for i in range(0, len(x), bs)
-        ]
-        return SampDetoxOutput(
-            *(
-                torch.cat([getattr(p, f.name) for p in parts]).to(x.device)
-                for f in dataclasses.fields(SampDetoxOutput)
-            )
-        )

@@ -96,7 +96,7 @@ import torch
 import torch.nn.functional as F
 
 from detox.config import hp
-from detox.defenses.purifiers.base import PURIFIERS, NoiseStreams, check_images
+from detox.defenses.purifiers.base import PURIFIERS, NoiseStreams
 from detox.defenses.purifiers.diffusion_chain import (
     DiffusionPurifier,
     DiffusionSettings,
@@ -240,6 +240,7 @@ class Sancdifi(DiffusionPurifier):
 
     name = "sancdifi"
     Config = SancdifiConfig
+    Output = SancdifiOutput
     needs_model = True
 
     def __init__(self, config: Any | None = None, model: Any = None) -> None:
@@ -370,33 +371,3 @@ class Sancdifi(DiffusionPurifier):
             out = (self._chain(x * 2.0 - 1.0, lv, noise) + 1.0) / 2.0
             out = torch.where(lv.unsqueeze(1) > 0, out, x)
         return SancdifiOutput(out, sal, cls, lv)
-
-    def _purify_batch(self, x: torch.Tensor, seed: int, start_index: int) -> torch.Tensor:
-        return self._run(x, seed, start_index).x
-
-    def purify(
-        self,
-        x: torch.Tensor,
-        seed: int | None = None,
-        start_index: int = 0,
-        batch_size: int | None = None,
-        return_intermediates: bool = False,
-    ) -> Any:
-        """Purified ``x``; with ``return_intermediates=True`` a :class:`SancdifiOutput`
-        (purified images, saliency maps, predicted classes, per-pixel levels) on ``x``'s
-        device."""
-        if not return_intermediates:
-            return super().purify(x, seed, start_index, batch_size)
-        check_images(x)
-        seed = int(self.config.seed if seed is None else seed)
-        bs = int(batch_size or self.batch_size)
-        parts = [
-            self._run(x[i : i + bs].to(self.device, torch.float32), seed, start_index + i)
-            for i in range(0, len(x), bs)
-        ]
-        return SancdifiOutput(
-            *(
-                torch.cat([getattr(p, f.name) for p in parts]).to(x.device)
-                for f in dataclasses.fields(SancdifiOutput)
-            )
-        )
