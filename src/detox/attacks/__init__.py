@@ -16,6 +16,8 @@ from detox.attacks import (  # noqa: F401  (each module registers its attack)
     blended,
     bpp,
     frequency,
+    lf,
+    narcissus,
     patch,
     refool,
     sig,

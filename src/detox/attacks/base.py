@@ -235,6 +235,11 @@ class Attack:
     #: triggered test set is made once the victim (and what the hook learned) exists.
     controls_training: ClassVar[bool] = False
 
+    #: True for a learned attack (LF, Narcissus): its trigger is an artefact that
+    #: :meth:`prepare` builds with a surrogate or an optimisation, so the attack has no
+    #: trigger before it is prepared with a training set.
+    learned: ClassVar[bool] = False
+
     def prepare(self, train: Any, ctx: Any = None) -> None:
         """Called by :func:`~detox.attacks.poison` with the clean training set and the
         :class:`~detox.attacks.context.AttackContext` before any trigger is applied: Refool
