@@ -23,6 +23,7 @@ from detox.attacks import (  # noqa: F401  (each module registers its attack)
     sig,
     single_pixel,
     sinusoid,
+    trojannn,
     wanet,
 )
 from detox.attacks import suites as _suites  # noqa: F401  (registers the suites)
