@@ -11,7 +11,6 @@ and what it does to the surrogate on CIFAR-10 test images.
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
@@ -53,9 +52,8 @@ def _ctx(data, **kw):
 def built(cache_dir, small, one_thread):
     attack = make_attack("lf", seed=SEED, **SETTINGS)
     ctx = _ctx(small)
-    t0 = time.perf_counter()
     attack.prepare(small, ctx)
-    return {"attack": attack, "ctx": ctx, "seconds": time.perf_counter() - t0}
+    return {"attack": attack, "ctx": ctx}
 
 
 def _spectrum_above(a: np.ndarray, cutoff: float) -> float:
@@ -73,7 +71,6 @@ def test_artefact_is_built_once_then_read_from_the_cache(built, small):
     assert len(built["ctx"].built) == 1
     rec = built["attack"].record  # measured: 7.6 s, stopped after pass 1 at a rate of 0.34
     assert rec["images"] == 100 and rec["passes"][0]["pass"] == 0
-    assert built["seconds"] < 60
     again = make_attack("lf", seed=SEED, **SETTINGS)
     ctx = _ctx(small)
     again.prepare(small, ctx)

@@ -12,7 +12,6 @@ neurons compared with random patches, and BadNets-style poisoning with it.
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 import torch
@@ -50,9 +49,8 @@ def _ctx(data, **kw):
 def built(cache_dir, small, one_thread):
     attack = make_attack("trojannn", seed=SEED, **SETTINGS)
     ctx = _ctx(small)
-    t0 = time.perf_counter()
     attack.prepare(small, ctx)
-    return {"attack": attack, "ctx": ctx, "seconds": time.perf_counter() - t0}
+    return {"attack": attack, "ctx": ctx}
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +69,6 @@ def test_artefact_is_built_once_then_read_from_the_cache(built, small):
     assert len(built["ctx"].built) == 1
     rec = built["attack"].record
     assert len(rec["neurons"]) == 2 and rec["activation"]["trace"][0]["step"] == 0
-    assert built["seconds"] < 40
     again = make_attack("trojannn", seed=SEED, **SETTINGS)
     ctx = _ctx(small)
     again.prepare(small, ctx)
