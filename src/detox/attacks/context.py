@@ -29,8 +29,39 @@ from typing import Any
 import torch
 from torch import nn
 
+from detox.attacks.base import AttackConfig, hp
 from detox.errors import ConfigError
-from detox.training import TrainHook
+from detox.training import TrainConfig, TrainHook
+
+SURROGATE_PRESETS = tuple(TrainConfig.PRESETS)
+
+
+@dataclasses.dataclass
+class SurrogateSettings(AttackConfig):
+    """The surrogate of a learned attack: a classifier trained on the clean training set
+    with a :class:`~detox.training.TrainConfig` preset, its model, epochs and learning
+    rate overridable (None: the preset's). Declared once here; each attack's docstring
+    says what its paper's surrogate was, and its ``paper`` preset sets these."""
+
+    surrogate_preset: str = hp(
+        "smoke",
+        "TrainConfig preset",
+        "[open] quick: smoke (a small CNN, trained on the clean training set); paper "
+        "presets: the victim recipe's clean model",
+        help="the clean surrogate, trained on the attack's training set with this preset",
+        choices=SURROGATE_PRESETS,
+    )
+    surrogate_model: str | None = hp(
+        None, "model name", "[open] None: the preset's", help="the surrogate's architecture"
+    )
+    surrogate_epochs: float | None = hp(
+        None, "epochs", "[open] None: the preset's", help="epochs of the surrogate's training",
+        range="(0, inf)",
+    )  # fmt: skip
+    surrogate_lr: float | None = hp(
+        None, "learning rate", "[open] None: the preset's", help="the surrogate's learning rate",
+        range="(0, inf)",
+    )  # fmt: skip
 
 
 @dataclasses.dataclass
@@ -71,6 +102,19 @@ class AttackContext:
             desc="surrogate",
         )
         return model.eval()
+
+    def surrogate_for(self, config: SurrogateSettings) -> nn.Module:
+        """:meth:`surrogate` with the settings of a learned attack's config."""
+        overrides = {
+            k: v
+            for k, v in (
+                ("model", config.surrogate_model),
+                ("epochs", config.surrogate_epochs),
+                ("lr", config.surrogate_lr),
+            )
+            if v is not None
+        }
+        return self.surrogate(config.surrogate_preset, **overrides)
 
     def artefact(
         self,

@@ -77,11 +77,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detox.attacks.base import Attack, AttackConfig, hp, register
+from detox.attacks.base import Attack, hp, register
+from detox.attacks.context import SurrogateSettings
 from detox.errors import ConfigError
-from detox.training import TrainConfig
-
-SURROGATE_PRESETS = tuple(TrainConfig.PRESETS)
 
 #: The code's ``all-corners`` pattern in the top-left corner (+1: up / white, -1: down /
 #: black); the other corners mirror it (top-right: left-right, bottom-left: up-down).
@@ -89,7 +87,7 @@ CORNER = ((1, -1, -1), (-1, 1, -1), (1, -1, 1))
 
 
 @dataclass
-class LCConfig(AttackConfig):
+class LCConfig(SurrogateSettings):
     eps: float = hp(
         8 / 255,
         "L_inf, [0, 1] scale",
@@ -129,17 +127,6 @@ class LCConfig(AttackConfig):
         range="(0, 1]",
     )
     batch_size: int = hp(250, "images per PGD batch", "[open]", range="[1, inf)")
-    surrogate_preset: str = hp(
-        "smoke",
-        "TrainConfig preset",
-        "[open] quick: smoke (small CNN, 2 epochs); paper: PreAct-ResNet-18, normally "
-        "trained (the paper and BackdoorBench: an adversarially trained ResNet)",
-        help="the clean surrogate, trained on the training set with this preset",
-        choices=SURROGATE_PRESETS,
-    )
-    surrogate_epochs: float | None = hp(
-        None, "epochs", "[open] None: the preset's", range="(0, inf)"
-    )
 
 
 @register
@@ -185,10 +172,7 @@ class LC(Attack):
 
         def build() -> dict[str, torch.Tensor]:
             t0 = time.perf_counter()
-            overrides = {}
-            if self.config.surrogate_epochs is not None:
-                overrides["epochs"] = self.config.surrogate_epochs
-            model = ctx.surrogate(self.config.surrogate_preset, **overrides)
+            model = ctx.surrogate_for(self.config)
             t1 = time.perf_counter()
             x_adv, stats = pgd_images(
                 model, train.x[index], target, self.config, self.generator("pgd"),

@@ -74,17 +74,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from detox.attacks.base import Attack, AttackConfig, hp, register
+from detox.attacks.base import Attack, hp, register
+from detox.attacks.context import SurrogateSettings
 from detox.errors import ConfigError
-from detox.training import TrainConfig
 
-SURROGATE_PRESETS = tuple(TrainConfig.PRESETS)
 BOUNDS = ("minmax", "linf")
 DEEPFOOLS = ("raw", "filtered")
 
 
 @dataclass
-class LFConfig(AttackConfig):
+class LFConfig(SurrogateSettings):
     eps: float = hp(
         0.2,
         "[0, 1] scale",
@@ -160,22 +159,6 @@ class LFConfig(AttackConfig):
         "time), paper",
         range="[1, inf)",
     )
-    surrogate_preset: str = hp(
-        "smoke",
-        "TrainConfig preset",
-        "[open] quick: smoke (small CNN, 2 epochs); [BackdoorBench] paper: the clean model "
-        "of the victim's recipe (PreAct-ResNet-18, 100 epochs; the authors: a pre-trained "
-        "Keras CIFAR-10 CNN)",
-        help="the clean surrogate, trained on the training set with this preset",
-        choices=SURROGATE_PRESETS,
-    )
-    surrogate_epochs: float | None = hp(
-        None,
-        "epochs",
-        "[open] None: the preset's",
-        help="epochs of the surrogate's training",
-        range="(0, inf)",
-    )
 
 
 @register
@@ -207,10 +190,7 @@ class LF(Attack):
 
         def build() -> dict[str, torch.Tensor]:
             t0 = time.perf_counter()
-            overrides = {}
-            if self.config.surrogate_epochs is not None:
-                overrides["epochs"] = self.config.surrogate_epochs
-            model = ctx.surrogate(self.config.surrogate_preset, **overrides)
+            model = ctx.surrogate_for(self.config)
             t1 = time.perf_counter()
             g = self.generator("images")
             n = min(int(self.config.images), len(train.x))

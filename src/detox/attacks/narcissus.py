@@ -56,15 +56,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detox.attacks.base import Attack, AttackConfig, hp, register
+from detox.attacks.base import Attack, hp, register
+from detox.attacks.context import SurrogateSettings
 from detox.errors import ConfigError
-from detox.training import TrainConfig, random_crop_flip
-
-SURROGATE_PRESETS = tuple(TrainConfig.PRESETS)
+from detox.training import random_crop_flip
 
 
 @dataclass
-class NarcissusConfig(AttackConfig):
+class NarcissusConfig(SurrogateSettings):
     ratio: float = hp(
         0.005,
         "fraction of the target class",
@@ -119,30 +118,6 @@ class NarcissusConfig(AttackConfig):
     flip: bool = hp(
         True, "", "[code] RandomHorizontalFlip", help="random horizontal flip during optimisation"
     )
-    surrogate_preset: str = hp(
-        "smoke",
-        "TrainConfig preset",
-        "[detox] quick; trained on the clean training set (paper: POOD + target class)",
-        choices=SURROGATE_PRESETS,
-    )
-    surrogate_model: str | None = hp(
-        None,
-        "model name",
-        "[detox] None: the preset's; [code] ResNet-18",
-        help="the surrogate's architecture",
-    )
-    surrogate_epochs: float | None = hp(
-        None,
-        "epochs",
-        "[detox] None: the preset's; [code] surrogate_epochs 200",
-        range="[0, inf)",
-    )
-    surrogate_lr: float | None = hp(
-        None,
-        "learning rate",
-        "[detox] None: the preset's; [code] SGD lr 0.1, momentum 0.9, wd 5e-4, cosine",
-        range="(0, inf)",
-    )
     warmup_epochs: int = hp(
         0,
         "epochs",
@@ -181,19 +156,9 @@ class Narcissus(Attack):
 
     # -- the artefact ---------------------------------------------------------------------
     def surrogate(self, ctx: Any) -> nn.Module:
-        """The surrogate classifier (eval mode), trained on ``ctx.train`` by
-        ``ctx.surrogate`` with this config's preset and overrides (cached)."""
-        cfg = self.config
-        overrides = {
-            k: v
-            for k, v in (
-                ("model", cfg.surrogate_model),
-                ("epochs", cfg.surrogate_epochs),
-                ("lr", cfg.surrogate_lr),
-            )
-            if v is not None
-        }
-        return ctx.surrogate(cfg.surrogate_preset, **overrides)
+        """The surrogate classifier (eval mode), trained on ``ctx.train`` with this
+        config's surrogate settings (cached)."""
+        return ctx.surrogate_for(self.config)
 
     def prepare(self, train: Any, ctx: Any = None) -> None:
         if ctx is None:

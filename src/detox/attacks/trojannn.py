@@ -70,16 +70,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from detox.attacks.base import Attack, AttackConfig, hp, register
+from detox.attacks.base import Attack, hp, register
+from detox.attacks.context import SurrogateSettings
 from detox.errors import ConfigError
-from detox.training import TrainConfig
 
-SURROGATE_PRESETS = tuple(TrainConfig.PRESETS)
 INITS = ("white", "random")
 
 
 @dataclass
-class TrojanNNConfig(AttackConfig):
+class TrojanNNConfig(SurrogateSettings):
     size: int = hp(
         10,
         "pixels",
@@ -136,21 +135,6 @@ class TrojanNNConfig(AttackConfig):
         help="starting patch",
         choices=INITS,
     )
-    surrogate_preset: str = hp(
-        "smoke",
-        "TrainConfig preset",
-        "[open] quick: smoke (small CNN, 2 epochs); [BackdoorBench] paper: the clean model "
-        "of the victim's recipe (PreAct-ResNet-18, 100 epochs)",
-        help="the clean surrogate, trained on the training set with this preset",
-        choices=SURROGATE_PRESETS,
-    )
-    surrogate_epochs: float | None = hp(
-        None,
-        "epochs",
-        "[open] None: the preset's",
-        help="epochs of the surrogate's training",
-        range="(0, inf)",
-    )
 
 
 @register
@@ -189,10 +173,7 @@ class TrojanNN(Attack):
 
         def build() -> dict[str, torch.Tensor]:
             t0 = time.perf_counter()
-            overrides = {}
-            if self.config.surrogate_epochs is not None:
-                overrides["epochs"] = self.config.surrogate_epochs
-            model = ctx.surrogate(self.config.surrogate_preset, **overrides)
+            model = ctx.surrogate_for(self.config)
             t1 = time.perf_counter()
             idx = most_connected_neurons(model, int(self.config.neurons))
             mask = square_mask(shape, int(self.config.size), int(self.config.margin))
