@@ -16,6 +16,7 @@ from detox.attacks import (  # noqa: F401  (each module registers its attack)
     blended,
     bpp,
     frequency,
+    htbd,
     input_aware,
     lc,
     lf,

@@ -74,6 +74,10 @@ class AttackContext:
     dataset: str | None = None
     progress: bool = True
     cache: bool = True
+    #: the training positions this attack poisons, chosen before :meth:`Attack.prepare`
+    #: (None outside :func:`~detox.attacks.poison`): an attack that optimises each
+    #: poisoned image (HTBD) builds only those
+    index: torch.Tensor | None = None
     built: list[str] = dataclasses.field(default_factory=list)  # artefact keys built here
     used: list[str] = dataclasses.field(default_factory=list)  # keys read, built or cached
 

@@ -90,9 +90,7 @@ class InputAwareConfig(AttackConfig):
         help="channels of the generators' first blocks (doubled at each down-sampling)",
         range="[1, inf)",
     )
-    steps: int = hp(
-        3, "down-sampling steps", "[code] 3 (2 for MNIST)", range="[1, inf)"
-    )
+    steps: int = hp(3, "down-sampling steps", "[code] 3 (2 for MNIST)", range="[1, inf)")
     generator_lr: float = hp(
         0.01, "Adam learning rate", "[code] lr_G 0.01, betas (0.5, 0.9)", range="(0, inf)"
     )

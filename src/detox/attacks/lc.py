@@ -79,6 +79,7 @@ from torch import nn
 
 from detox.attacks.base import Attack, hp, register
 from detox.attacks.context import SurrogateSettings
+from detox.attacks.ops import ImageTable
 from detox.errors import ConfigError
 
 #: The code's ``all-corners`` pattern in the top-left corner (+1: up / white, -1: down /
@@ -152,7 +153,7 @@ class LC(Attack):
         self.index: torch.Tensor | None = None  # training positions of the target class
         self.x_adv: torch.Tensor | None = None  # their PGD images, uint8
         self.record: dict[str, Any] | None = None
-        self._lookup: dict[bytes, int] = {}
+        self._table: ImageTable | None = None
         self.unmatched = 0  # images the training-time trigger found no perturbation for
 
     # -- the artefact ---------------------------------------------------------------------
@@ -192,28 +193,18 @@ class LC(Attack):
         if not torch.equal(self.index, index) or self.x_adv.shape != train.x[index].shape:
             raise ConfigError("lc: the artefact does not match the training set")
         self.record = info or None  # empty when the artefact came from the cache
-        self._lookup = {}
-        for i, img in enumerate(train.x[index]):
-            self._lookup.setdefault(img.numpy().tobytes(), i)
+        self._table = ImageTable(train.x[index], self.x_adv)
 
     def perturbed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """For float images ``x`` in [0, 1]: ``(x_adv float on x's device, found)``, each
         image's PGD version where its uint8 bytes equal a clean target-class image (else
         the image itself, ``found`` False)."""
-        if self.x_adv is None:
+        if self._table is None:
             raise ConfigError(
                 "attack 'lc': no perturbed images yet: call prepare(train, ctx) first "
                 "(detox.attacks.poison does)"
             )
-        q = x.detach().mul(255.0).round_().clamp_(0, 255).to("cpu", torch.uint8)
-        rows = [self._lookup.get(img.numpy().tobytes(), -1) for img in q]
-        pos = torch.tensor(rows, dtype=torch.int64)
-        found = pos >= 0
-        out = x.clone()
-        if bool(found.any()):
-            adv = self.x_adv[pos[found]].to(x.device, x.dtype).div_(255.0)
-            out[found.to(x.device)] = adv
-        return out, found
+        return self._table.lookup(x)
 
     # -- the trigger ----------------------------------------------------------------------
     def min_size(self, shape):

@@ -87,3 +87,41 @@ def derangement(n: int, generator: torch.Generator) -> torch.Tensor:
     out = torch.empty_like(perm)
     out[perm] = perm.roll(-1)
     return out
+
+
+class ImageTable:
+    """Per-image replacements found by content: LC's and HTBD's perturbed training images.
+
+    :meth:`Attack._trigger` receives float images and no index, so an attack whose
+    poisoned training images are optimised one by one keeps them here, keyed by the exact
+    uint8 bytes of the clean image each was made from (``round(255 x)``, exact for images
+    that came from uint8). Identical clean images share the first replacement."""
+
+    def __init__(self, clean_uint8: torch.Tensor, replaced_uint8: torch.Tensor) -> None:
+        if clean_uint8.shape != replaced_uint8.shape:
+            raise ValueError(
+                f"ImageTable: {tuple(clean_uint8.shape)} clean images but "
+                f"{tuple(replaced_uint8.shape)} replacements"
+            )
+        self.replaced = replaced_uint8
+        self._rows: dict[bytes, int] = {}
+        for i, img in enumerate(clean_uint8):
+            self._rows.setdefault(img.numpy().tobytes(), i)
+
+    def __len__(self) -> int:
+        return len(self.replaced)
+
+    def lookup(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """For float images ``x`` in [0, 1]: ``(out, found)``, each image replaced (as a
+        float on ``x``'s device) where its uint8 bytes equal a clean image of the table,
+        else kept (``found`` False)."""
+        q = x.detach().mul(255.0).round_().clamp_(0, 255).to("cpu", torch.uint8)
+        pos = torch.tensor(
+            [self._rows.get(img.numpy().tobytes(), -1) for img in q], dtype=torch.int64
+        )
+        found = pos >= 0
+        out = x.clone()
+        if bool(found.any()):
+            rep = self.replaced[pos[found]].to(x.device, x.dtype).div_(255.0)
+            out[found.to(x.device)] = rep
+        return out, found

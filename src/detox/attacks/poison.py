@@ -159,7 +159,9 @@ class _Poisoning:
         train = self.train
         attack.check_shape(train.image_shape)
         dataset = train.meta.get("dataset") or train.name
-        ctx = AttackContext(train=train, seed=attack.seed, device=self.device, dataset=dataset)
+        ctx = AttackContext(
+            train=train, seed=attack.seed, device=self.device, dataset=dataset, index=idx
+        )
         attack.prepare(train, ctx)
         if cls.controls_training:  # shaped during the victim's training; test set after it
             self.records.append(_record(uname, spec, attack, tmap, ratio, 0, train, idx[:0], 0))
