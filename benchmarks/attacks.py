@@ -4,7 +4,9 @@
     python benchmarks/attacks.py --preset quick --attacks badnets,blended --out ...
 
 Each attack is one cell: poison (10% by default, target 0; BaDLoss attacks at their own
-ratios) -> train the victim with the preset's training config -> evaluate. Each cell's
+ratios) -> train the victim with the preset's training config -> evaluate. A learned
+attack's artefact (its settings picked by the preset) is built on first use or read from
+the cache; the table's "artefact s" is its build time as recorded when it was built. Each cell's
 result is written atomically as ``<out>/<cell>.json`` when it finishes and skipped when it
 already exists, so an interrupted run resumes. ``--suite`` adds a multi-attack cell where
 every attack's ASR comes from one victim. The table goes to ``<out>/attacks.md``.
@@ -31,7 +33,9 @@ def run_cell(cell, attacks, preset, seed, device, data_dir, overrides, progress)
     dcfg, tcfg, ecfg = resolve_configs(preset, "cifar10", seed, overrides)
     tcfg.progress = progress
     t0 = time.perf_counter()
-    pset = make_poisoned_set(dcfg, attacks, seed, data_dir, device, ecfg.test_limit)
+    pset = make_poisoned_set(
+        dcfg, attacks, seed, data_dir, device, ecfg.test_limit, scale=preset
+    )  # the preset picks learned attacks' artefact settings, as `detox run` does
     victim, info = train_victim(pset, tcfg, device, ecfg.cache_victims)
     ev = evaluate_backdoor(victim, pset)
     return {
@@ -45,6 +49,26 @@ def run_cell(cell, attacks, preset, seed, device, data_dir, overrides, progress)
         "seed": seed,
         "train": {"model": tcfg.model, "width": tcfg.width, "epochs": tcfg.epochs},
     }
+
+
+def artefact_seconds(record: dict) -> str:
+    """Build seconds of a learned attack's artefacts, from the records the artefact store
+    keeps beside them (written when the artefact was built; "-" for fixed triggers)."""
+    from detox.cache import Store
+
+    keys = record.get("artefacts") or []
+    if not keys:
+        return "-"
+    store, total = Store("artefacts"), 0.0
+    for key in keys:
+        entry = store.get(key)
+        rec_file = entry.path / "record.json" if entry is not None else None
+        if rec_file is None or not rec_file.is_file():
+            return "?"
+        rec = json.loads(rec_file.read_text())
+        parts = [v for k, v in rec.items() if k.endswith("_seconds")]
+        total += float(rec["seconds"]) if "seconds" in rec else float(sum(parts))
+    return f"{total:.0f}"
 
 
 def main() -> None:
@@ -101,6 +125,7 @@ def main() -> None:
                 "ASR %": "-" if not att else f"{100 * att['asr']:.2f}",
                 "PA %": "-" if not att else f"{100 * att['pa']:.2f}",
                 "train s": f"{r['victim'].get('train_seconds', 0):.0f}",
+                "artefact s": artefact_seconds(a),
             })  # fmt: skip
     md = to_markdown(rows)
     atomic_write_text(out / "attacks.md", md)
