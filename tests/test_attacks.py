@@ -506,10 +506,13 @@ def test_badloss_cifar10_suite(cifar_small, cifar_test_small):
         "blend-pattern",
         "sinusoid",
         "frequency",
+        "narcissus",
     ]
     targets = [r["target"] for r in ps.attacks]
-    assert len(set(targets)) == 6, "each attack gets its own target"
-    assert all(r["n_poisoned"] == 6 for r in ps.attacks)  # 1% of 600; sinusoid 10% of 60
+    assert len(set(targets)) == 7, "each attack gets its own target"
+    # 1% of 600; sinusoid 10% of its class's 60; narcissus 0.5% of 60, at least one image
+    assert [r["n_poisoned"] for r in ps.attacks] == [6] * 6 + [1]
+    assert ps.attacks[-1]["label_mode"] == "clean" and ps.attacks[-1]["artefacts"]
     _check_pset(ps, cifar_small)
     again = poison(cifar_small, "badloss-cifar10", seed=5)
     assert [r["target"] for r in again.attacks] == targets

@@ -121,7 +121,7 @@ DEMO_GPU = {"sampdetox": {"stride": 1, "amp": True, "compile": True}, "badloss":
 def register_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
-        help="poison CIFAR-10 (BadNets, Blended, BaDLoss's six-attack suite), run "
+        help="poison CIFAR-10 (BadNets, Blended, BaDLoss's seven-attack suite), run "
         "UltraClean, SampDetox and BaDLoss, print the table and write the HTML report "
         "(about 15 minutes on 2 CPU cores; the full `quick` scale on a GPU)",
     )
