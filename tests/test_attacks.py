@@ -356,7 +356,7 @@ def test_spec_parsing():
         31,
         31,
     )
-    assert len(parse_attacks("badloss-cifar10")) == 6
+    assert len(parse_attacks("badloss-cifar10")) == 7
     assert parse_attacks(AttackSpec("sig", target="random"))[0].target == "random"
     assert parse_attacks({"name": "wanet", "ratio": 0.2})[0].ratio == 0.2
     assert str(AttackSpec.parse("sig:delta=40:target=2")) == "sig:target=2:delta=40"
