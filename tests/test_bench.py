@@ -394,7 +394,7 @@ def test_demo_smoke(tmp_path):
     # the scale is printed first, the effects last, one line per (attack, defense)
     assert p.stdout.startswith("detox demo on cpu: cifar10, preset smoke, 8 cells")
     glance = p.stdout.split("At a glance")[1].strip().splitlines()[1:]
-    assert len(glance) == 4 + 6  # 2 attacks x (ultraclean, sampdetox) + the suite's 6 x badloss
+    assert len(glance) == 4 + 7  # 2 attacks x (ultraclean, sampdetox) + the suite's 7 x badloss
     assert all(" took ASR from " in line for line in glance)
     assert "At a glance" in (out / "report.html").read_text()
 
