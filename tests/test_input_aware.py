@@ -84,11 +84,13 @@ def test_diversity_loss_matches_the_formula():
     dist_o = np.sqrt(((c - d) ** 2).mean(axis=(1, 2, 3)))
     want = (dist_x / (dist_o + 1e-7)).mean()
     assert float(diversity_loss(x1, x2, o1, o2)) == pytest.approx(want, rel=1e-5)
-    # equal outputs give a large but finite loss and finite gradients
+    # equal outputs (two saturated masks): the loss is the formula with 1e-12 under the
+    # root, and the gradient is exactly zero (NaN without the 1e-12: the root's slope at 0)
     o = torch.rand(2, 1, 8, 8, requires_grad=True)
     loss = diversity_loss(x1[:2], x2[:2], o, o.detach().clone())
     loss.backward()
-    assert torch.isfinite(o.grad).all()
+    assert float(loss) == pytest.approx((dist_x[:2] / (1e-6 + 1e-7)).mean(), rel=1e-4)
+    assert torch.equal(o.grad, torch.zeros_like(o))
 
 
 def test_hook_shapes_the_batch_as_the_code(built, small):
