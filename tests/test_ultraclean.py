@@ -187,7 +187,10 @@ def backdoored(cifar_train, cifar_test_small):
     test = cifar_test_small
     keep = test.y != 0
     asr = float((predict(model, attack.apply_uint8(test.x[keep])) == 0).float().mean())
-    return {"model": model, "x_clean": x[poison], "x_poison": x_poison, "asr": asr}
+    return {
+        "model": model, "x_clean": x[poison], "x_poison": x_poison, "asr": asr,
+        "train": (x_train, y_train, poison), "config": cfg,
+    }  # fmt: skip
 
 
 def test_badnets_images_score_higher_than_their_clean_originals(backdoored):
@@ -340,3 +343,38 @@ def test_known_target_setting_drives_the_cut(cifar_small):
         build_detector("ultraclean", known_target=0).cut(scores, DetectorContext(labels=labels))
     with pytest.raises(ConfigError, match="known_target"):
         build_detector("ultraclean", known_target=-1)
+
+
+def test_scoring_model_retrains_the_recipe_without_label_smoothing(backdoored, cifar_train):
+    """``scoring_model``: with a victim recipe that smooths labels, ``auto`` retrains the
+    recipe at label smoothing 0 on the same data (the oracle: that training done here by
+    hand through the same function gives the same scores); with a recipe at 0 it scores
+    with the victim itself. The retrained model separates the planted BadNets poisons
+    (measured: AUROC 0.9997, 200 poisons among 1,000 images; asserted >= 0.9)."""
+    import dataclasses
+
+    from detox.data.base import ImageDataset
+    from detox.metrics import detection_metrics
+    from detox.trained import train_classifier
+
+    x, y, poison = backdoored["train"]
+    data = ImageDataset(x, y, list(cifar_train.classes), meta={"dataset": "cifar10"})
+    smoothed = dataclasses.replace(backdoored["config"], label_smoothing=0.2)
+    det = build_detector("ultraclean")
+    ctx = DetectorContext(model=None, train_config=smoothed, cache=False, progress=False)
+    got = det.score(data, ctx)
+    assert ctx.artifacts["scoring_model"]["model"] == "plain-ce"
+    assert ctx.artifacts["scoring_model"]["victim_label_smoothing"] == 0.2
+    plain = dataclasses.replace(smoothed, label_smoothing=0.0)
+    oracle, _ = train_classifier(x, y, data.classes, plain, "cpu", "cifar10", cache=False)
+    ctx2 = DetectorContext(model=oracle, train_config=plain, progress=False)
+    want = det.score(data, ctx2)
+    assert ctx2.artifacts["scoring_model"]["model"] == "victim"
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    is_poison = np.zeros(len(x), bool)
+    is_poison[poison.numpy()] = True
+    auroc = detection_metrics(got, is_poison)["auroc"]
+    assert auroc >= 0.9
+    forced = build_detector("ultraclean", scoring_model="plain-ce")
+    with pytest.raises(ConfigError, match="train_config"):
+        forced.score(data, DetectorContext(model=None, train_config=None, progress=False))

@@ -70,7 +70,7 @@ from torch import nn
 
 from detox.config import hp, make_config
 from detox.data.base import ImageDataset
-from detox.defenses.detectors.base import DETECTORS, Detector, DetectorContext
+from detox.defenses.detectors.base import DETECTORS, Detector, DetectorContext, dataset_name
 from detox.training import TrainConfig, TrainHook, per_example_loss, train
 from detox.utils.seed import derive_seed
 
@@ -176,13 +176,6 @@ class Isolation:
         return -self.loss
 
 
-def _dataset_name(data: Any, given: str | None) -> str:
-    if given:
-        return given
-    meta = getattr(data, "meta", None) or {}
-    return str(meta.get("dataset", getattr(data, "name", "")))
-
-
 def isolate(
     data: ImageDataset,
     config: ABLConfig,
@@ -203,7 +196,7 @@ def isolate(
         len(data.classes),
         width=tcfg.width,
         in_channels=int(data.x.shape[1]),
-        dataset=_dataset_name(data, dataset),
+        dataset=dataset_name(data, dataset),
         seed=tcfg.seed,
     )
     hook = LGAHook(config.gamma, per_example=config.lga == "example")

@@ -81,7 +81,7 @@ import torch
 
 from detox.config import hp, make_config
 from detox.defenses.cut import cut_fraction, cut_threshold
-from detox.defenses.detectors.base import DETECTORS, Detector, DetectorContext
+from detox.defenses.detectors.base import DETECTORS, Detector, DetectorContext, dataset_name
 from detox.defenses.probes import select_probes
 from detox.errors import ConfigError
 from detox.training import TrainConfig, per_example_loss, train
@@ -499,11 +499,6 @@ def pretrain_config(
     return cfg
 
 
-def _dataset_name(data: Any) -> str:
-    meta = getattr(data, "meta", None) or getattr(data, "source", None) or {}
-    return str(meta.get("dataset", getattr(data, "name", "")))
-
-
 @DETECTORS.register("badloss")
 class BaDLoss(Detector):
     """BaDLoss (Alex et al., ICLR 2025): k-NN distance of each example's loss trajectory
@@ -545,7 +540,7 @@ class BaDLoss(Detector):
             len(data.classes),
             width=tcfg.width,
             in_channels=int(data.x.shape[1]),
-            dataset=_dataset_name(data),
+            dataset=dataset_name(data),
             seed=tcfg.seed,
         )
         rec = LossRecorder(x, y, math.ceil(tcfg.epochs), tcfg.eval_batch_size)

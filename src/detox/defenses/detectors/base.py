@@ -51,6 +51,16 @@ class DetectorContext(DefenseContext):
         return cls(labels=data.y.numpy(), n_poisons=n, **kwargs)
 
 
+def dataset_name(data: Any, given: str | None = None) -> str:
+    """The dataset a set of examples comes from (``given`` if set, else its ``meta`` or
+    ``source`` record, else its name): what a detector that trains its own model passes to
+    :func:`~detox.models.build_model` for the dataset's normalisation."""
+    if given:
+        return given
+    meta = getattr(data, "meta", None) or getattr(data, "source", None) or {}
+    return str(meta.get("dataset", getattr(data, "name", "")))
+
+
 class Detector(DefenseMethod, ABC):
     """Base class of training-set defenses (``needs_model``: a model trained on the
     poisoned set; ``needs_probes``: trusted clean examples)."""

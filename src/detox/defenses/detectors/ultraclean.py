@@ -34,6 +34,16 @@ The paper gives no value that differs from the authors' code, so the ``paper`` a
 
 Decisions:
 
+* **The scoring model** (``scoring_model``): the paper's f is "a model trained on the
+  poisoned training set", with plain cross-entropy in the authors' code (VGG16, SGD, 200
+  epochs). detox's `quick` victims follow airbench's recipe, whose label smoothing of 0.2
+  caps every confident logit vector at the same margin, so the poisons' logits no longer
+  stand out: on the demo's BadNets victim (AirNet at half width, 30,000 images) the score
+  reaches AUROC 0.568 with label smoothing 0.2 and 0.934 with the same recipe at 0
+  (``benchmarks/ultraclean_probe.py --set label_smoothing=0.0``, docs/results.md). So by
+  default (``auto``) UltraClean scores with the victim only when the victim's recipe has no
+  label smoothing, and otherwise retrains that recipe with label smoothing 0 on the same
+  data (``plain-ce``, one more training, cached); ``victim`` forces the given model [open].
 * **Median semantics** (verified against SciPy): SciPy's window for an even size with
   origin 0 covers offsets ``-(size // 2) .. size - size // 2 - 1`` (rows {i-1, i} and
   columns {j-1, j} for size 2), channels {c-1, c, c+1} for size 3; ``mode='reflect'`` is
@@ -100,6 +110,7 @@ from detox.utils.device import resolve_device
 
 MEDIAN_MODES = ("all-channels", "per-channel")
 SCORE_SPACES = ("logits", "softmax")
+SCORING_MODELS = ("auto", "victim", "plain-ce")
 
 
 @dataclasses.dataclass
@@ -131,6 +142,14 @@ class UltraCleanConfig:
         "logits | softmax",
         "[code, PyTorch] logits; [code, TF/LCBD, HTBD] softmax",
         choices=SCORE_SPACES,
+    )
+    scoring_model: str = hp(
+        "auto",
+        "auto | victim | plain-ce",
+        "[paper, code] a model trained with plain cross-entropy; [open] auto",
+        "the model f: the victim, or the victim's recipe retrained without label smoothing "
+        "(plain-ce); auto = the victim when its recipe has no label smoothing, else plain-ce",
+        choices=SCORING_MODELS,
     )
     remove_fraction: float = hp(
         0.3, "fraction", "[code, dirty-label]", "removed fraction of the whole set", range="[0, 1]"
@@ -449,16 +468,51 @@ class UltraClean(Detector):
         return (z - z_denoised).abs().sum(1)
 
     # -- scoring ------------------------------------------------------------------------
+    def scoring_model(self, data: Any, ctx: DetectorContext) -> nn.Module:
+        """The model f that scores (``scoring_model``, module docstring): ``ctx.model`` (the
+        victim), or the victim's recipe (``ctx.train_config``) retrained on ``data`` with
+        label smoothing 0, through the victim cache (:func:`detox.trained.train_classifier`;
+        the same data and recipe train it once). What it used goes to
+        ``ctx.artifacts["scoring_model"]``."""
+        mode = self.config.scoring_model
+        tcfg = ctx.train_config
+        smoothing = float(getattr(tcfg, "label_smoothing", 0.0) or 0.0)
+        if mode == "victim" or (mode == "auto" and smoothing == 0.0):
+            if ctx.model is None:
+                raise ConfigError(
+                    "UltraClean needs a model trained on the poisoned training set "
+                    "(pass --model, or let the pipeline train one)"
+                )
+            ctx.artifacts["scoring_model"] = {"model": "victim", "label_smoothing": smoothing}
+            return ctx.model
+        if tcfg is None or not isinstance(getattr(data, "x", None), torch.Tensor):
+            raise ConfigError(
+                f"UltraClean: scoring_model={mode!r} retrains the victim's recipe without "
+                "label smoothing, so it needs the training config (ctx.train_config) and a "
+                "dataset with labels; pass scoring_model='victim' to score with ctx.model"
+            )
+        from detox.defenses.detectors.base import dataset_name
+        from detox.trained import train_classifier
+
+        plain = dataclasses.replace(tcfg, label_smoothing=0.0, progress=ctx.progress)
+        model, info = train_classifier(
+            data.x, data.y, list(data.classes), plain, resolve_device(ctx.device),
+            dataset_name(data, ctx.dataset), ctx.cache, desc="ultraclean scoring model",
+        )  # fmt: skip
+        ctx.artifacts["scoring_model"] = {
+            "model": "plain-ce",
+            "label_smoothing": 0.0,
+            "victim_label_smoothing": smoothing,
+            "train_seconds": info.get("train_seconds"),
+            "cached": bool(info.get("cached")),
+        }
+        return model
+
     def score(self, data: Any, ctx: DetectorContext) -> np.ndarray:
         """s(x) = ||f(x) - f(x_med)||_1 + ||f(x) - f(x_nlm)||_1 for every image (float64)."""
         import cv2
 
         cfg = self.config
-        if ctx.model is None:
-            raise ConfigError(
-                "UltraClean needs a model trained on the poisoned training set "
-                "(pass --model, or let the pipeline train one)"
-            )
         x = getattr(data, "x", data)
         if not isinstance(x, torch.Tensor) or x.dtype != torch.uint8 or x.ndim != 4:
             raise DataError("UltraClean: expected uint8 images (N, C, H, W)")
@@ -471,7 +525,7 @@ class UltraClean(Detector):
         if n == 0:
             return np.zeros(0, np.float64)
         device = resolve_device(ctx.device)
-        model = ctx.model.to(device).eval()
+        model = self.scoring_model(data, ctx).to(device).eval()
         if cfg.fold_batchnorm:
             try:
                 model = fold_batchnorm(model)
