@@ -363,13 +363,13 @@ def test_scoring_model_retrains_the_recipe_without_label_smoothing(backdoored, c
     det = build_detector("ultraclean")
     ctx = DetectorContext(model=None, train_config=smoothed, cache=False, progress=False)
     got = det.score(data, ctx)
-    assert ctx.artifacts["scoring_model"]["model"] == "plain-ce"
-    assert ctx.artifacts["scoring_model"]["victim_label_smoothing"] == 0.2
+    assert ctx.artifacts["record"]["scoring_model"]["model"] == "plain-ce"
+    assert ctx.artifacts["record"]["scoring_model"]["victim_label_smoothing"] == 0.2
     plain = dataclasses.replace(smoothed, label_smoothing=0.0)
     oracle, _ = train_classifier(x, y, data.classes, plain, "cpu", "cifar10", cache=False)
     ctx2 = DetectorContext(model=oracle, train_config=plain, progress=False)
     want = det.score(data, ctx2)
-    assert ctx2.artifacts["scoring_model"]["model"] == "victim"
+    assert ctx2.artifacts["record"]["scoring_model"]["model"] == "victim"
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
     is_poison = np.zeros(len(x), bool)
     is_poison[poison.numpy()] = True

@@ -18,6 +18,7 @@ from detox.attacks import (  # noqa: F401  (each module registers its attack)
     frequency,
     htbd,
     input_aware,
+    issba,
     lc,
     lf,
     narcissus,

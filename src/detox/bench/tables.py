@@ -255,7 +255,10 @@ def effect_lines(tables: dict[str, Any]) -> list[str]:
     lines = []
     for e in effects(tables):
         cost = e["ca_cost"]
-        what = f"cost {cost:.1f} points" if cost > 0 else f"gain {-cost:.1f} points"
+        if round(cost, 1) == 0:
+            what = "no CA cost"
+        else:
+            what = f"cost {cost:.1f} points" if cost > 0 else f"gain {-cost:.1f} points"
         lines.append(
             f"{e['dataset']} {e['attack']}: {e['defense']} took ASR from "
             f"{e['asr_before']:.1f}% to {e['asr_after']:.1f}%, CA {e['ca_before']:.1f}% -> "

@@ -201,6 +201,7 @@ def _run_detector(r: DefenseRun) -> dict[str, Any]:
         "score_seconds": found.score_seconds,
         "retrain": res["retrain"],
         "figures": _relative(figures),
+        **({"record": found.artifacts["record"]} if found.artifacts.get("record") else {}),
     }
 
 

@@ -33,7 +33,9 @@ class DetectorContext(DefenseContext):
 
     ``artifacts``: a dict the detector may fill with extra outputs (e.g. trajectories) for
     plots and reports; ``artifacts["score_parts"]`` (name -> per-example values that make
-    up the score) gets each part's AUROC into the detection report.
+    up the score) gets each part's AUROC into the detection report; ``artifacts["record"]``
+    (a JSON-able dict: what the detector decided, e.g. which model scored) is kept in the
+    run's and the bench cell's record.
     ``labels``: the training labels (for cuts within a class).
     ``n_poisons``: the number of poisoned examples where it is known (an experiment's ground
     truth; the budget of UltraClean's "target class known" cut), else None.

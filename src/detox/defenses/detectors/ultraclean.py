@@ -473,7 +473,7 @@ class UltraClean(Detector):
         victim), or the victim's recipe (``ctx.train_config``) retrained on ``data`` with
         label smoothing 0, through the victim cache (:func:`detox.trained.train_classifier`;
         the same data and recipe train it once). What it used goes to
-        ``ctx.artifacts["scoring_model"]``."""
+        ``ctx.artifacts["record"]["scoring_model"]``."""
         mode = self.config.scoring_model
         tcfg = ctx.train_config
         smoothing = float(getattr(tcfg, "label_smoothing", 0.0) or 0.0)
@@ -483,7 +483,8 @@ class UltraClean(Detector):
                     "UltraClean needs a model trained on the poisoned training set "
                     "(pass --model, or let the pipeline train one)"
                 )
-            ctx.artifacts["scoring_model"] = {"model": "victim", "label_smoothing": smoothing}
+            rec = {"model": "victim", "label_smoothing": smoothing}
+            ctx.artifacts.setdefault("record", {})["scoring_model"] = rec
             return ctx.model
         if tcfg is None or not isinstance(getattr(data, "x", None), torch.Tensor):
             raise ConfigError(
@@ -499,7 +500,7 @@ class UltraClean(Detector):
             data.x, data.y, list(data.classes), plain, resolve_device(ctx.device),
             dataset_name(data, ctx.dataset), ctx.cache, desc="ultraclean scoring model",
         )  # fmt: skip
-        ctx.artifacts["scoring_model"] = {
+        ctx.artifacts.setdefault("record", {})["scoring_model"] = {
             "model": "plain-ce",
             "label_smoothing": 0.0,
             "victim_label_smoothing": smoothing,
