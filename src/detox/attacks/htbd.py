@@ -60,7 +60,7 @@ from torch import nn
 
 from detox.attacks.base import Attack, hp, register
 from detox.attacks.context import SurrogateSettings
-from detox.attacks.ops import ImageTable
+from detox.attacks.ops import ImageTable, frozen
 from detox.errors import ConfigError
 
 
@@ -259,9 +259,6 @@ def collide_features(
     cfg = attack.config
     device = torch.device(device)
     model = model.eval()
-    params = [p for p in model.parameters() if p.requires_grad]
-    for p in params:
-        p.requires_grad_(False)
     out = torch.empty_like(targets_uint8)
     first, last, steps_run = [], [], []
     bs = int(cfg.batch_size)
@@ -269,7 +266,7 @@ def collide_features(
         total=len(targets_uint8), desc="htbd poisons", unit="img", disable=not progress,
         leave=False,
     )  # fmt: skip
-    try:
+    with frozen(model), bar:  # gradients for the inputs only
         for i in range(0, len(targets_uint8), bs):
             t = targets_uint8[i : i + bs].to(device).float().div_(255.0)
             s = sources_uint8[i : i + bs].to(device).float().div_(255.0)
@@ -299,10 +296,6 @@ def collide_features(
             steps_run.append(step + 1)
             out[i : i + bs] = xp.cpu()
             bar.update(len(t))
-    finally:
-        bar.close()
-        for p in params:
-            p.requires_grad_(True)
     return out, {
         "first_loss": round(sum(first) / len(first), 4),
         "last_loss": round(sum(last) / len(last), 4),

@@ -58,7 +58,7 @@ from torch import nn
 from detox.attacks.base import Attack, AttackConfig, hp, register
 from detox.attacks.context import AttackTrainHook
 from detox.errors import ConfigError
-from detox.utils.seed import derive_seed
+from detox.utils.seed import derive_seed, seeded_global_rng
 
 EPS = 1e-7
 
@@ -208,14 +208,6 @@ def _run(net: nn.Module, x: torch.Tensor, amp: bool) -> torch.Tensor:
         return net(x).float().contiguous()
 
 
-def _seeded(seed: int, build: Any) -> nn.Module:
-    """``build()`` with torch's global generator seeded (layers draw their init from it),
-    the caller's generator state restored afterwards."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return build()
-
-
 @register
 class InputAware(Attack):
     name = "input-aware"
@@ -250,7 +242,8 @@ class InputAware(Attack):
     def _new_net(self, channels: int, out: int, key: str) -> TriggerGenerator:
         cfg = self.config
         seed = derive_seed(self.seed, self.name, key)
-        net = _seeded(seed, lambda: TriggerGenerator(channels, out, cfg.width, cfg.steps))
+        with seeded_global_rng(seed):
+            net = TriggerGenerator(channels, out, cfg.width, cfg.steps)
         return net.to(memory_format=torch.channels_last)
 
     # -- the artefact: the mask generator -----------------------------------------------------

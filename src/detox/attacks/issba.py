@@ -53,7 +53,7 @@ from torch import nn
 
 from detox.attacks.base import Attack, AttackConfig, hp, register
 from detox.errors import ConfigError
-from detox.utils.seed import derive_seed
+from detox.utils.seed import derive_seed, seeded_global_rng
 
 
 @dataclass
@@ -200,8 +200,7 @@ class ISSBA(Attack):
 
     def _nets(self, c: int, h: int, w: int) -> tuple[StegaEncoder, StegaDecoder]:
         k = int(self.config.secret_size)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derive_seed(self.seed, self.name, "init"))
+        with seeded_global_rng(derive_seed(self.seed, self.name, "init")):
             return StegaEncoder(k, c, h, w), StegaDecoder(k, c, h, w)
 
     def prepare(self, train: Any, ctx: Any = None) -> None:

@@ -79,7 +79,7 @@ from torch import nn
 
 from detox.attacks.base import Attack, hp, register
 from detox.attacks.context import SurrogateSettings
-from detox.attacks.ops import ImageTable
+from detox.attacks.ops import ImageTable, frozen
 from detox.errors import ConfigError
 
 #: The code's ``all-corners`` pattern in the top-left corner (+1: up / white, -1: down /
@@ -259,16 +259,13 @@ def pgd_images(
 
     device = torch.device(device)
     model = model.eval()
-    params = [p for p in model.parameters() if p.requires_grad]
-    for p in params:
-        p.requires_grad_(False)
     eps = float(cfg.eps)
     step = float(cfg.step_size) if cfg.step_size is not None else 2.5 * eps / int(cfg.steps)
     out = torch.empty_like(x_uint8)
     clean_ok = adv_ok = 0
     bs = int(cfg.batch_size)
     bar = tqdm(total=len(x_uint8), desc="lc pgd", unit="img", disable=not progress, leave=False)
-    try:
+    with frozen(model), bar:  # gradients for the inputs only
         for i in range(0, len(x_uint8), bs):
             x = x_uint8[i : i + bs].to(device).float().div_(255.0)
             y = torch.full((len(x),), label, dtype=torch.int64, device=device)
@@ -289,10 +286,6 @@ def pgd_images(
                 adv_ok += int((model(q.float().div_(255.0)).argmax(1) == label).sum())
             out[i : i + bs] = q.cpu()
             bar.update(len(x))
-    finally:
-        bar.close()
-        for p in params:
-            p.requires_grad_(True)
     n = max(1, len(x_uint8))
     return out, {
         "clean_accuracy": round(clean_ok / n, 4),

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
@@ -125,3 +128,18 @@ class ImageTable:
             rep = self.replaced[pos[found]].to(x.device, x.dtype).div_(255.0)
             out[found.to(x.device)] = rep
         return out, found
+
+
+@contextlib.contextmanager
+def frozen(model: nn.Module) -> Iterator[nn.Module]:
+    """For a block that optimises inputs through ``model`` (PGD, feature collision, a
+    patch): its trainable parameters stop requiring gradients, and are restored on exit,
+    error or not."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p in params:
+            p.requires_grad_(True)

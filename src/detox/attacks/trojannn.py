@@ -72,6 +72,7 @@ from torch import nn
 
 from detox.attacks.base import Attack, hp, register
 from detox.attacks.context import SurrogateSettings
+from detox.attacks.ops import frozen
 from detox.errors import ConfigError
 
 INITS = ("white", "random")
@@ -280,9 +281,6 @@ def optimise_patch(
 
     device = torch.device(device)
     model = model.eval()
-    params = [q for q in model.parameters() if q.requires_grad]
-    for q in params:  # gradients for the patch only
-        q.requires_grad_(False)
     c = int(getattr(model, "mean", torch.zeros(1, 3)).shape[1])
     m = mask.to(device)
     h, w = m.shape[-2:]
@@ -298,7 +296,7 @@ def optimise_patch(
     target, alpha = float(cfg.target_value), float(cfg.step_size)
     trace: list[dict[str, float]] = []
     bar = tqdm(total=int(cfg.steps), desc="trojannn trigger", disable=not progress, leave=False)
-    try:
+    with frozen(model), bar:  # gradients for the inputs only
         for step in range(int(cfg.steps) + 1):
             p.requires_grad_(True)
             act = neuron_activation(model, p * m, idx)
@@ -313,10 +311,6 @@ def optimise_patch(
             with torch.no_grad():
                 p = torch.minimum(torch.maximum(p - alpha * grad.sign(), lo), hi)
             bar.update(1)
-    finally:
-        bar.close()
-        for q in params:
-            q.requires_grad_(True)
     patch = (p.detach() * m).mul(255.0).round().div(255.0)[0].float().cpu()
     with torch.no_grad():
         final = float(neuron_activation(model, patch[None].to(device) * m, idx).mean())

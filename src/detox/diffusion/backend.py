@@ -33,6 +33,7 @@ import torch
 from detox.data.registry import dataset_facts, registered_facts
 from detox.errors import ConfigError
 from detox.utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from detox.utils.seed import seeded_global_rng
 
 META_FILE = "detox_diffusion.json"
 META_FORMAT = "detox.diffusion"
@@ -311,8 +312,7 @@ def new_diffusion_model(
     seed: int = 0,
 ) -> DiffusionModel:
     """A randomly initialised (seeded) model; defaults are the CPU-sized UNet (2.5M)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded_global_rng(seed):
         unet = build_unet(
             sample_size,
             in_channels,

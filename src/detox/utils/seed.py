@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -28,3 +30,15 @@ def derive_seed(seed: int, *keys: object) -> int:
 
     h = hashlib.sha256(repr((int(seed), *keys)).encode()).digest()
     return int.from_bytes(h[:8], "little") & 0x7FFFFFFFFFFFFFFF
+
+
+@contextlib.contextmanager
+def seeded_global_rng(seed: int, device: torch.device | str | None = None) -> Iterator[None]:
+    """Run the block with torch's global generator seeded with ``seed`` (layers draw their
+    initial weights, and dropout its masks, from it), then restore the caller's generator
+    state: the CPU's, and ``device``'s when it is a CUDA device."""
+    dev = torch.device(device) if device is not None else None
+    devices = [dev] if dev is not None and dev.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(int(seed))
+        yield

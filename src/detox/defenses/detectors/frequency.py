@@ -87,7 +87,7 @@ from detox.config import hp
 from detox.data.base import ImageDataset
 from detox.defenses.detectors.base import DETECTORS, Detector, DetectorContext
 from detox.errors import ConfigError
-from detox.utils.seed import derive_seed
+from detox.utils.seed import derive_seed, seeded_global_rng
 
 NAME = "frequency-detector"
 KINDS = ("white-block", "random-block", "noise", "shadow", "blend")
@@ -367,9 +367,7 @@ def train_detector(
     bar = tqdm(total=cfg.epochs * steps, desc=NAME, unit="step", disable=not progress,
                leave=False)  # fmt: skip
     spec = spec_clean
-    devices = [dev] if dev.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(derive_seed(seed, "dropout"))  # dropout draws from the global RNG
+    with seeded_global_rng(derive_seed(seed, "dropout"), dev):  # dropout draws from it
         model.train()
         for epoch in range(cfg.epochs):
             if epoch % cfg.redraw_every == 0:  # fresh corrupted copies, in chunks
