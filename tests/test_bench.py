@@ -555,3 +555,32 @@ def test_cold_and_warm_caches_give_identical_figures(tmp_path):
     # and the figures are real ones: BaDLoss and UltraClean scored and cut 300 examples
     det = [c for c in cold.values() if c["kind"] == "detector"]
     assert len(det) == 2 and all(c["detection"]["overall"]["n"] >= 250 for c in det)
+
+
+def test_effect_lines_word_the_ca_change():
+    """One sentence per (attack, defense): a CA drop is a cost, a rise a gain, and a change
+    that rounds to 0.0 points is neither (it once printed "gain -0.0 points")."""
+    from detox.bench.tables import NONE_LABEL, effect_lines
+
+    def cell(asr, ca):
+        return {"asr": {"mean": asr}, "ca": {"mean": ca}}
+
+    tables = {
+        "cifar10": {
+            "rows": ["badnets"],
+            "columns": [NONE_LABEL, "a", "b", "c"],
+            "cells": {
+                "badnets": {
+                    NONE_LABEL: cell(100.0, 83.0),
+                    "a": cell(2.2, 79.0),
+                    "b": cell(1.1, 84.0),
+                    "c": cell(0.0, 83.0),
+                }
+            },
+        }
+    }
+    assert effect_lines(tables) == [
+        "cifar10 badnets: a took ASR from 100.0% to 2.2%, CA 83.0% -> 79.0% (cost 4.0 points)",
+        "cifar10 badnets: b took ASR from 100.0% to 1.1%, CA 83.0% -> 84.0% (gain 1.0 points)",
+        "cifar10 badnets: c took ASR from 100.0% to 0.0%, CA 83.0% -> 83.0% (no CA cost)",
+    ]

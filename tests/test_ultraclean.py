@@ -375,6 +375,12 @@ def test_scoring_model_retrains_the_recipe_without_label_smoothing(backdoored, c
     is_poison[poison.numpy()] = True
     auroc = detection_metrics(got, is_poison)["auroc"]
     assert auroc >= 0.9
+    # a victim whose recipe is unknown (a checkpoint detox did not train) is kept under auto,
+    # whatever the run's own recipe: nothing is retrained (this scores 8 images in ms)
+    ctx3 = DetectorContext(model=oracle, train_config=smoothed, progress=False)
+    few = ImageDataset(x[:8], y[:8], list(cifar_train.classes), meta={"dataset": "cifar10"})
+    np.testing.assert_allclose(det.score(few, ctx3), want[:8], rtol=1e-6, atol=1e-6)
+    assert ctx3.artifacts["record"]["scoring_model"] == {"model": "victim", "label_smoothing": None}
     forced = build_detector("ultraclean", scoring_model="plain-ce")
     with pytest.raises(ConfigError, match="train_config"):
         forced.score(data, DetectorContext(model=None, train_config=None, progress=False))

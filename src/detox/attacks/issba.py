@@ -26,8 +26,10 @@ connections up) to a 3-channel residual; the decoder is a stride-2 convolution s
 two dense layers. Where detox simplifies or differs:
 
 * **no LPIPS term and no critic**: LPIPS needs ImageNet-pretrained AlexNet weights, which
-  detox cannot download; BackdoorBox adds ``1.5 x LPIPS`` and a critic term (off by
-  default there, ``enc_use_dis``); detox keeps the L2 residual penalty alone;
+  detox cannot download; BackdoorBox's loss after the secret-only epochs is
+  ``2.0 x L2 + 1.5 x LPIPS + 1.5 x BCE + 0.5 x critic(encoded image)``, with the critic
+  trained only when ``enc_use_dis`` is set (off by default, so its term is an untrained
+  network's output); detox keeps ``2.0 x L2 + 1.5 x BCE``;
 * **no spatial transformer in the decoder**: StegaStamp's STN undoes the warps of a
   printed-and-photographed image; digital poisoning has none;
 * **batch norm after every convolution** of both networks: without it the decoder stayed
@@ -204,10 +206,12 @@ class ISSBA(Attack):
             return StegaEncoder(k, c, h, w), StegaDecoder(k, c, h, w)
 
     def prepare(self, train: Any, ctx: Any = None) -> None:
+        """Build (or load from the cache) the encoder from ``train`` (``ctx``: an
+        :class:`~detox.attacks.context.AttackContext`)."""
         if ctx is None:
-            raise ConfigError(
-                "issba: prepare needs an AttackContext (its artefact cache); poison() gives one"
-            )
+            from detox.attacks.context import AttackContext
+
+            ctx = AttackContext(train=train, seed=self.seed)
         self.check_shape(tuple(train.x.shape))
         c, h, w = (int(s) for s in train.x.shape[1:])
         info: dict[str, Any] = {}

@@ -115,7 +115,7 @@ def _scan(args, det, pset, dataset, tcfg, ecfg, probes, device, run_dir) -> dict
             "probes": None if probes is None else probes.tolist(),
         },
     )
-    model, model_info = None, None
+    model, model_info, model_config = None, None, None
     if det.needs_model:
         if args.model:
             model = load_checkpoint(args.model, device)
@@ -124,7 +124,8 @@ def _scan(args, det, pset, dataset, tcfg, ecfg, probes, device, run_dir) -> dict
             model, model_info = train_classifier(
                 pset.x, pset.y, pset.classes, tcfg, device, dataset, ecfg.cache_victims
             )
-    found = detect(pset, det, tcfg, device, model, probes, args.seed, not args.quiet)
+            model_config = tcfg
+    found = detect(pset, det, tcfg, device, model, probes, args.seed, not args.quiet, model_config)
     write_detection(run_dir.path, args.defense, det, pset, found, "scores.csv")
     pset.subset(torch.from_numpy(~found.removed)).save(run_dir / "kept")
     summary = {

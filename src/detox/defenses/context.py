@@ -16,8 +16,10 @@ supplies exactly that:
 Also always given: the device, the run's seed (derive every random choice from it), the
 dataset's registered name (``ctx.dataset``; its facts via
 :func:`detox.data.dataset_facts`), the training config of the victim (``train_config``:
-what a method that retrains or fine-tunes should reproduce), whether to show progress and
-whether caching is allowed.
+what a method that retrains or fine-tunes should reproduce), the config that trained
+``model`` (``model_config``: the same when detox trained the victim; None for a checkpoint
+detox did not train, whose recipe is unknown), whether to show progress and whether
+caching is allowed.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class DefenseContext:
     probes: np.ndarray | None = None
     trusted: Any = None  # ImageDataset of the probes (images and the labels vouched for)
     train_config: Any = None
+    model_config: Any = None
     device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
     seed: int = 0
     dataset: str | None = None

@@ -111,9 +111,11 @@ def detect(
     probes: np.ndarray | None = None,
     seed: int = 0,
     progress: bool = True,
+    model_config: TrainConfig | None = None,
 ) -> Detection:
     """Score every example of ``pset`` with ``detector`` and cut (``detox scan`` and the
-    first half of :func:`cleanse_and_retrain`)."""
+    first half of :func:`cleanse_and_retrain`). ``model_config``: the config that trained
+    ``model`` when detox trained it (None: a checkpoint from elsewhere)."""
     import time
 
     from detox.defenses.detectors import DetectorContext
@@ -131,6 +133,7 @@ def detect(
         probes=probes,
         trusted=trusted,
         train_config=tcfg,
+        model_config=model_config if detector.needs_model else None,
         device=torch.device(device),
         seed=seed,
         progress=progress,
@@ -191,10 +194,10 @@ def cleanse_and_retrain(
     progress: bool = True,
     cache: bool = True,
 ) -> dict[str, Any]:
-    """Score every example with ``detector``, cut, retrain from scratch on what is kept,
-    and evaluate. Returns ``found`` (the :class:`Detection`), the retrained ``model``, its
+    """Score every example with ``detector`` (``victim``: trained on ``pset`` with
+    ``tcfg``), cut, retrain from scratch on what is kept, and evaluate. Returns ``found`` (the :class:`Detection`), the retrained ``model``, its
     ``evaluation`` and its training record (``retrain``)."""
-    found = detect(pset, detector, tcfg, device, victim, probes, seed, progress)
+    found = detect(pset, detector, tcfg, device, victim, probes, seed, progress, tcfg)
     kept = pset.subset(torch.from_numpy(~found.removed))
     dataset = pset.source.get("dataset") or pset.source.get("name")
     model, info = train_classifier(

@@ -41,9 +41,10 @@ Decisions:
   stand out: on the demo's BadNets victim (AirNet at half width, 30,000 images) the score
   reaches AUROC 0.568 with label smoothing 0.2 and 0.934 with the same recipe at 0
   (``benchmarks/ultraclean_probe.py --set label_smoothing=0.0``, docs/results.md). So by
-  default (``auto``) UltraClean scores with the victim only when the victim's recipe has no
-  label smoothing, and otherwise retrains that recipe with label smoothing 0 on the same
-  data (``plain-ce``, one more training, cached); ``victim`` forces the given model [open].
+  default (``auto``) UltraClean scores with the victim when the victim's recipe has no
+  label smoothing or is unknown (a checkpoint detox did not train), and otherwise retrains
+  that recipe with label smoothing 0 on the same data (``plain-ce``, one more training,
+  cached); ``victim`` forces the given model [open].
 * **Median semantics** (verified against SciPy): SciPy's window for an even size with
   origin 0 covers offsets ``-(size // 2) .. size - size // 2 - 1`` (rows {i-1, i} and
   columns {j-1, j} for size 2), channels {c-1, c, c+1} for size 3; ``mode='reflect'`` is
@@ -470,22 +471,25 @@ class UltraClean(Detector):
     # -- scoring ------------------------------------------------------------------------
     def scoring_model(self, data: Any, ctx: DetectorContext) -> nn.Module:
         """The model f that scores (``scoring_model``, module docstring): ``ctx.model`` (the
-        victim), or the victim's recipe (``ctx.train_config``) retrained on ``data`` with
-        label smoothing 0, through the victim cache (:func:`detox.trained.train_classifier`;
+        victim), or the victim's recipe (``ctx.model_config``; ``ctx.train_config`` when no
+        victim is given) retrained on ``data`` with label smoothing 0, through the victim cache (:func:`detox.trained.train_classifier`;
         the same data and recipe train it once). What it used goes to
         ``ctx.artifacts["record"]["scoring_model"]``."""
         mode = self.config.scoring_model
-        tcfg = ctx.train_config
+        # the recipe to retrain: the victim's own; with no victim, the run's
+        tcfg = ctx.model_config if ctx.model is not None else ctx.train_config
         smoothing = float(getattr(tcfg, "label_smoothing", 0.0) or 0.0)
-        if mode == "victim" or (mode == "auto" and smoothing == 0.0):
+        # auto keeps a victim whose recipe is unknown (a checkpoint detox did not train)
+        if mode == "victim" or (mode == "auto" and (smoothing == 0.0 or tcfg is None)):
             if ctx.model is None:
                 raise ConfigError(
                     "UltraClean needs a model trained on the poisoned training set "
                     "(pass --model, or let the pipeline train one)"
                 )
-            rec = {"model": "victim", "label_smoothing": smoothing}
+            rec = {"model": "victim", "label_smoothing": None if tcfg is None else smoothing}
             ctx.artifacts.setdefault("record", {})["scoring_model"] = rec
             return ctx.model
+        tcfg = tcfg or ctx.train_config
         if tcfg is None or not isinstance(getattr(data, "x", None), torch.Tensor):
             raise ConfigError(
                 f"UltraClean: scoring_model={mode!r} retrains the victim's recipe without "
