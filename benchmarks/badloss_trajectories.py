@@ -14,6 +14,9 @@ loss after each epoch, and writes to ``--out``:
   attack, the epochs kept, the settings and the wall time;
 * ``badloss_trajectories.png`` (median and interquartile band), ``badloss_mean_trajectories.png``
   (mean), ``badloss_hist.png`` and ``badloss_roc.png``.
+* with ``--save-trajectories``, ``trajectories.npz``: the (N, E) loss trajectories, the
+  probe indices, every example's attack id (-1 = clean), the attack names and the epochs
+  kept, so that other scorings can be compared on the same pre-training.
 
 The result tells at how many epochs (and with which recipe) BaDLoss separates each attack
 from the clean data (docs/results.md, BaDLoss section).
@@ -58,6 +61,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", required=True)
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument(
+        "--save-trajectories",
+        action="store_true",
+        help="also write trajectories.npz (trajectories, probes, attack_id, kept_epochs)",
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -91,6 +99,15 @@ def main() -> None:
     detector_figures(out, "badloss", pset, {"scores": scores, "removed": removed})
     curves = det.plot_artifacts(ctx.artifacts, pset, out)
     history = ctx.artifacts.get("pretrain_history", [])
+    if args.save_trajectories:
+        np.savez_compressed(
+            out / "trajectories.npz",
+            trajectories=ctx.artifacts["trajectories"],
+            probes=np.asarray(probes, dtype=np.int64),
+            attack_id=pset.attack_id.numpy(),
+            attack_names=np.asarray(pset.attack_names),
+            kept_epochs=np.asarray(ctx.artifacts["kept_epochs"], dtype=np.int64),
+        )
     atomic_write_json(
         out / "summary.json",
         {

@@ -584,3 +584,30 @@ def test_effect_lines_word_the_ca_change():
         "cifar10 badnets: b took ASR from 100.0% to 1.1%, CA 83.0% -> 84.0% (gain 1.0 points)",
         "cifar10 badnets: c took ASR from 100.0% to 0.0%, CA 83.0% -> 83.0% (no CA cost)",
     ]
+
+
+def test_effects_compare_a_purifier_on_a_subset_with_the_same_images():
+    """A purifier evaluated on a subset (``purify_limit``) carries the undefended victim's
+    figures on the same images (``ca_ref`` / ``asr_ref``): its line compares with those,
+    not with the undefended column measured on every test image, and says so."""
+    from detox.bench.tables import NONE_LABEL, bench_tables, effect_lines, effects
+
+    ev = {"ca": 0.86, "n_test": 1000, "attacks": {"badnets": {"asr": 1.0, "pa": 0.0, "n": 900}}}
+    sub = {"ca": 0.71, "n_test": 100, "attacks": {"badnets": {"asr": 0.0, "pa": 0.64, "n": 90}}}
+    ref = {"ca": 0.88, "n_test": 100, "attacks": {"badnets": {"asr": 0.99, "pa": 0.0, "n": 90}}}
+    base = {"dataset": "cifar10", "attack": "badnets", "attack_names": ["badnets"], "seed": 0}
+    results = [
+        {**base, "defense": "none", "evaluation": ev},
+        {**base, "defense": "sampdetox", "evaluation": sub, "reference": ref},
+    ]
+    tables = bench_tables(results, ["none", "sampdetox"])
+    cell = tables["cifar10"]["cells"]["badnets"]["sampdetox"]
+    assert cell["ca_ref"]["mean"] == pytest.approx(88.0)
+    assert cell["asr_ref"]["mean"] == pytest.approx(99.0)
+    assert "ca_ref" not in tables["cifar10"]["cells"]["badnets"][NONE_LABEL]
+    (e,) = effects(tables)
+    assert e["same_images"] and e["ca_before"] == pytest.approx(88.0)
+    assert effect_lines(tables) == [
+        "cifar10 badnets: sampdetox took ASR from 99.0% to 0.0%, CA 88.0% -> 71.0% on its "
+        "test subset (cost 17.0 points)"
+    ]

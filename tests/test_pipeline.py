@@ -164,3 +164,50 @@ def test_detection_report_part_auroc(cifar_small):
     assert rep["part_auroc"]["badnets"]["all"] == pytest.approx(auroc, abs=1e-12)
     assert rep["part_auroc"]["badnets"]["neg"] == pytest.approx(1 - auroc, abs=1e-12)
     assert "part_auroc" not in detection_report(scores, removed, pset)
+
+
+def test_purify_limit_evaluates_a_purifier_and_its_reference_on_the_same_images(artefact):
+    """``purify_limit``: a purifier sees a seeded subset of the clean and triggered test
+    images; the triggered subset is made from the same clean images wherever they are
+    outside the target class; the undefended victim is measured on exactly those images
+    (checked against predictions made here)."""
+    from detox.pipeline import evaluation_subset, resolve_configs, run_defense, train_victim
+    from detox.pipeline.evaluation import subset_order
+    from detox.training import predict
+
+    pset = PoisonedSet.load(artefact)
+    assert len(pset.test) > 100
+    sub = evaluation_subset(pset, 40, seed=3)
+    order = subset_order(len(pset.test), 3)
+    keep = order[:40].sort().values
+    assert torch.equal(sub.test.x, pset.test.x[keep]) and torch.equal(sub.test.y, pset.test.y[keep])
+    (name,) = pset.triggered
+    t, t0 = sub.triggered[name], pset.triggered[name]
+    assert len(t) == 40 and sub.x is pset.x  # the training set is shared, not copied
+    target = int(t0.y_target[0])
+    same = set(keep[pset.test.y[keep] != target].tolist())
+    assert same <= set(t.index.tolist())  # every eligible clean image of the subset
+    pos = {int(i): j for j, i in enumerate(t0.index)}
+    rows = torch.tensor([pos[int(i)] for i in t.index])
+    assert torch.equal(t.x, t0.x[rows]) and torch.equal(t.y_true, t0.y_true[rows])
+    again = evaluation_subset(pset, 40, seed=3)
+    assert torch.equal(again.test.x, sub.test.x) and torch.equal(again.triggered[name].x, t.x)
+    assert not torch.equal(evaluation_subset(pset, 40, seed=4).test.x, sub.test.x)
+    with pytest.raises(Exception, match="purify_limit=0"):
+        evaluation_subset(pset, 0, seed=3)
+
+    over = {"train_subset": 1000, "epochs": 4, "augment": False, "batch_size": 32, "width": 0.25}
+    _, tcfg, _ = resolve_configs("smoke", "cifar10", 0, over)
+    tcfg.progress = False
+    victim, _ = train_victim(pset, tcfg, "cpu", cache=True)
+    res = run_defense("median", "smoke", pset, victim, tcfg, "cpu", 3, artefact.parent,
+                      progress=False, purify_limit=40)  # fmt: skip
+    assert res["evaluation"]["n_test"] == 40 and res["evaluation"]["attacks"][name]["n"] == 40
+    ref = res["reference"]
+    ca = (predict(victim, sub.test.x) == sub.test.y).double().mean().item()
+    asr = (predict(victim, t.x) == t.y_target).double().mean().item()
+    assert ref["n_test"] == 40 and ref["ca"] == pytest.approx(ca)
+    assert ref["attacks"][name]["asr"] == pytest.approx(asr) and asr >= 0.9
+    full = run_defense("median", "smoke", pset, victim, tcfg, "cpu", 3, artefact.parent,
+                       progress=False)  # fmt: skip
+    assert "reference" not in full and full["evaluation"]["n_test"] == len(pset.test)

@@ -122,13 +122,16 @@ def render_report(out: Path, cfg: Any, results: list[dict[str, Any]], tables: di
             "ASR (%)": f"{e['asr_before']:.1f} \u2192 {e['asr_after']:.1f}",
             "CA (%)": f"{e['ca_before']:.1f} \u2192 {e['ca_after']:.1f}",
             "CA cost (points)": f"{e['ca_cost']:.1f}",
+            "compared on": "its test subset" if e.get("same_images") else "all test images",
         }
         for e in effects(tables)
     ]
     if glance:
         parts.append(
             "<h2>At a glance</h2><p>What each defense did to each attack, against the "
-            "undefended victim of the same row.</p>" + _html_table(glance)
+            "undefended victim of the same row (a purifier evaluated on a subset of the "
+            "test images, against the undefended victim on the same images).</p>"
+            + _html_table(glance)
         )
     parts.append("<h2>Tables</h2>")
     if not tables:

@@ -54,7 +54,7 @@ def finished_cells(out: str | os.PathLike, cells: list[Cell]) -> list[Cell]:
 # ---------------------------------------------------------------------------------------
 # one group / one cell (module-level functions: Ray ships them to workers)
 
-_LOADED: dict[str, Any] = {}  # group id -> (pset, victim, info, tcfg): one group per process
+_LOADED: dict[str, Any] = {}  # group id -> (pset, victim, info, tcfg, ecfg): one per process
 
 
 def _setup(ctx: BenchContext) -> None:
@@ -68,7 +68,7 @@ def _setup(ctx: BenchContext) -> None:
         set_data_dir(ctx.data_dir)
 
 
-def load_group(group: Group, ctx: BenchContext) -> tuple[Any, Any, dict[str, Any], Any]:
+def load_group(group: Group, ctx: BenchContext) -> tuple[Any, Any, dict[str, Any], Any, Any]:
     """Poison the group's training set and train (or load the cached) victim."""
     if group.id in _LOADED:
         return _LOADED[group.id]
@@ -87,13 +87,13 @@ def load_group(group: Group, ctx: BenchContext) -> tuple[Any, Any, dict[str, Any
     )  # fmt: skip
     victim, info = train_victim(pset, tcfg, device, cache=True)
     _LOADED.clear()
-    _LOADED[group.id] = (pset, victim, info, tcfg)
+    _LOADED[group.id] = (pset, victim, info, tcfg, ecfg)
     return _LOADED[group.id]
 
 
 def prepare_group(group: Group, ctx: BenchContext) -> dict[str, Any]:
     """Train the group's victim (into the cache) and draw its sample grid."""
-    pset, _, info, _ = load_group(group, ctx)
+    pset, _, info, _, _ = load_group(group, ctx)
     png = Path(ctx.out) / "groups" / group.id / "samples.png"
     if pset.attacks and not png.is_file():
         from detox.plots.samples import attack_grid
@@ -116,7 +116,7 @@ def run_cell(cell: Cell, ctx: BenchContext, _after: Any = None) -> dict[str, Any
     from detox.utils.device import resolve_device
 
     t0 = time.perf_counter()
-    pset, victim, info, tcfg = load_group(cell.group, ctx)
+    pset, victim, info, tcfg, ecfg = load_group(cell.group, ctx)
     device = resolve_device(ctx.device)
     files = Path(ctx.out) / "cells" / cell.id
     files.mkdir(parents=True, exist_ok=True)
@@ -144,13 +144,18 @@ def run_cell(cell: Cell, ctx: BenchContext, _after: Any = None) -> dict[str, Any
             progress=ctx.progress,
             cache=True,
             overrides=dict(cell.defense_overrides),
+            purify_limit=ecfg.purify_limit,
         )
         result["kind"] = res["kind"]
         result["evaluation"] = res["evaluation"]
+        if "reference" in res:
+            result["reference"] = res["reference"]
         if "detection" in res:
             result["detection"] = res["detection"]
         result["defense_info"] = {
-            k: v for k, v in res.items() if k not in ("evaluation", "detection", "kind")
+            k: v
+            for k, v in res.items()
+            if k not in ("evaluation", "detection", "kind", "reference")
         }
     result["seconds"] = round(time.perf_counter() - t0, 2)
     result["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")

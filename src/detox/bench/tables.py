@@ -127,6 +127,7 @@ def bench_tables(results: list[dict[str, Any]], defenses: list[str]) -> dict[str
         own = [(k, v) for k, v in r.get("overrides") or () if (k, repr(v)) not in shared[ds]]
         names = r.get("attack_names") or []
         ev = r["evaluation"]
+        ref = r.get("reference")  # the undefended victim on a purifier's subset
         det = (r.get("detection") or {}).get("per_attack", {})
         col = column_label(r)
         cols.setdefault(ds, [])
@@ -137,10 +138,14 @@ def bench_tables(results: list[dict[str, Any]], defenses: list[str]) -> dict[str
                 order[ds].append(label)
             cell = raw.setdefault(ds, {}).setdefault(label, {}).setdefault(col, {})
             cell.setdefault("ca", []).append(ev["ca"])
+            if ref is not None:
+                cell.setdefault("ca_ref", []).append(ref["ca"])
             if target is not None:
                 att = ev["attacks"].get(target, {})
                 cell.setdefault("pa", []).append(att.get("pa"))
                 cell.setdefault("asr", []).append(att.get("asr"))
+                if ref is not None:
+                    cell.setdefault("asr_ref", []).append(ref["attacks"].get(target, {}).get("asr"))
                 if target in det:
                     for m in DETECT_METRICS:
                         cell.setdefault(m, []).append(det[target].get(m))
@@ -219,7 +224,10 @@ def bench_markdown(tables: dict[str, Any]) -> str:
 def effects(tables: dict[str, Any]) -> list[dict[str, Any]]:
     """What each defense did to each attack, against the undefended victim of the same
     row: ASR and CA before and after (percent means), and the CA cost in points. Rows
-    without an undefended cell, or columns without ASR (a clean row), are left out."""
+    without an undefended cell, or columns without ASR (a clean row), are left out. A
+    purifier evaluated on a subset of the test images (``purify_limit``) is compared with
+    the undefended victim on the same images (its ``ca_ref`` / ``asr_ref``;
+    ``same_images`` is then true)."""
     out = []
     for ds, t in tables.items():
         for r in t["rows"]:
@@ -231,19 +239,24 @@ def effects(tables: dict[str, Any]) -> list[dict[str, Any]]:
             for c in t["columns"]:
                 if c == NONE_LABEL:
                     continue
-                asr1, ca1 = (cells.get(c, {}).get(m, {}).get("mean") for m in ("asr", "ca"))
+                cell = cells.get(c, {})
+                asr1, ca1 = (cell.get(m, {}).get("mean") for m in ("asr", "ca"))
                 if asr1 is None or ca1 is None:
                     continue
+                ref = [cell.get(m, {}).get("mean") for m in ("asr_ref", "ca_ref")]
+                same = None not in ref
+                a0, c0 = ref if same else (asr0, ca0)
                 out.append(
                     {
                         "dataset": ds,
                         "attack": r,
                         "defense": c,
-                        "asr_before": asr0,
+                        "asr_before": a0,
                         "asr_after": asr1,
-                        "ca_before": ca0,
+                        "ca_before": c0,
                         "ca_after": ca1,
-                        "ca_cost": ca0 - ca1,
+                        "ca_cost": c0 - ca1,
+                        "same_images": same,
                     }
                 )
     return out
@@ -259,10 +272,11 @@ def effect_lines(tables: dict[str, Any]) -> list[str]:
             what = "no CA cost"
         else:
             what = f"cost {cost:.1f} points" if cost > 0 else f"gain {-cost:.1f} points"
+        subset = " on its test subset" if e.get("same_images") else ""
         lines.append(
             f"{e['dataset']} {e['attack']}: {e['defense']} took ASR from "
             f"{e['asr_before']:.1f}% to {e['asr_after']:.1f}%, CA {e['ca_before']:.1f}% -> "
-            f"{e['ca_after']:.1f}% ({what})"
+            f"{e['ca_after']:.1f}%{subset} ({what})"
         )
     return lines
 

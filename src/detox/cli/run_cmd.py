@@ -125,7 +125,10 @@ def _run(args, specs, dcfg, tcfg, ecfg, device, defenses, run_dir) -> str:
             progress=not args.quiet,
             cache=ecfg.cache_victims,
             overrides=defense_overrides(name, args),
+            purify_limit=ecfg.purify_limit,
         )
+        if "reference" in res:  # purify_limit: the undefended victim on the same images
+            evaluations[f"no defense ({name}'s images)"] = res["reference"]
         evaluations[name] = res["evaluation"]
         if "detection" in res:
             detection[name] = res["detection"]

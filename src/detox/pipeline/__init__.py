@@ -38,6 +38,7 @@ from detox.pipeline.detection import (
 )
 from detox.pipeline.evaluation import (
     evaluate_backdoor,
+    evaluation_subset,
     filtered_evaluation,
     purification_samples,
     purified_evaluation,
@@ -57,6 +58,7 @@ __all__ = [
     "Detection",
     "defense_kind",
     "defense_names",
+    "evaluation_subset",
     "filtered_evaluation",
     "register_kind",
     "ExperimentConfig",

@@ -42,6 +42,7 @@ from detox.defenses.context import DefenseContext
 from detox.pipeline.detection import choose_probes, cleanse_and_retrain, write_detection
 from detox.pipeline.evaluation import (
     evaluate_backdoor,
+    evaluation_subset,
     filtered_evaluation,
     purification_samples,
     purified_evaluation,
@@ -66,6 +67,7 @@ class DefenseRun:
     cache: bool = True
     overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
     trusted: np.ndarray | None = None  # indices the user vouches for (--trusted)
+    purify_limit: int | None = None  # ExperimentConfig.purify_limit
 
     @property
     def dataset(self) -> str | None:
@@ -142,11 +144,14 @@ def run_defense(
     cache: bool = True,
     overrides: dict[str, Any] | None = None,
     trusted: np.ndarray | None = None,
+    purify_limit: int | None = None,
 ) -> dict[str, Any]:
     """Run the defense ``name`` (of whichever kind) against ``victim`` / ``pset`` and write
     its files into ``out_dir``; returns its JSON-ready result (``kind``, ``evaluation``,
     ``figures`` and what the kind adds). ``overrides`` are settings of the defense's own
-    config (e.g. ``diffusion=PATH``)."""
+    config (e.g. ``diffusion=PATH``); ``purify_limit`` (``ExperimentConfig.purify_limit``)
+    evaluates a purifier on a seeded subset of the test images, next to the undefended
+    victim's ``reference`` evaluation on the same images."""
     kind = defense_kind(name)
     run = DefenseRun(
         name=name,
@@ -161,6 +166,7 @@ def run_defense(
         cache=cache,
         overrides=dict(overrides or {}),
         trusted=trusted,
+        purify_limit=purify_limit,
     )
     res = kind.run(run)
     res["kind"] = kind.name
@@ -217,8 +223,15 @@ def _run_purifier(r: DefenseRun) -> dict[str, Any]:
     pur = build_purifier(r.name, r.preset, **r.overrides)
     pur.use_dataset_defaults(r.dataset)
     pur.prepare(r.context(pur))
-    res = purified_evaluation(pur, r.victim, r.pset, r.device, r.seed, r.progress, r.cache)
-    png = purification_samples(pur, r.pset, r.out_dir / f"{r.name}_samples.png", r.device, r.seed)
+    pset = r.pset
+    if r.purify_limit is not None:
+        pset = evaluation_subset(r.pset, r.purify_limit, r.seed)
+    res = purified_evaluation(pur, r.victim, pset, r.device, r.seed, r.progress, r.cache)
+    if pset is not r.pset:
+        # the undefended victim on the same images: what the purifier's figures compare with
+        res["reference"] = evaluate_backdoor(r.victim, pset)
+        res["purify_limit"] = r.purify_limit
+    png = purification_samples(pur, pset, r.out_dir / f"{r.name}_samples.png", r.device, r.seed)
     res["figures"] = _relative({"test inputs and purified outputs": png})
     return res
 

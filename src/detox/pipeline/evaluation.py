@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import typing
 from pathlib import Path
@@ -47,6 +48,47 @@ def evaluate_backdoor(
             "pa": poisoned_accuracy(p, t.y_true, t.y_target),
             "n": len(t),
         }
+    return out
+
+
+def subset_order(n_test: int, seed: int) -> torch.Tensor:
+    """The seeded order of ``n_test`` clean test images that :func:`evaluation_subset`
+    draws its subsets from (a permutation of ``range(n_test)``)."""
+    from detox.utils.seed import derive_seed
+
+    g = torch.Generator().manual_seed(derive_seed(int(seed), "purify-subset"))
+    return torch.randperm(n_test, generator=g)
+
+
+def evaluation_subset(pset: PoisonedSet, limit: int, seed: int) -> PoisonedSet:
+    """``pset`` with its clean test set and each triggered test set cut to at most
+    ``limit`` images, for a test-time defense too costly to run on all of them.
+
+    One seeded order of the clean test set decides both: the clean subset is its first
+    ``limit`` images, and each triggered subset takes the triggered images in the order of
+    the clean images they were made from, so the two subsets share their images as far as
+    the target class allows. The order depends on the seed and the test set only, so
+    every purifier and every attack of a run sees the same images (and the purified-image
+    cache serves them again). The training set is shared, not copied."""
+    import dataclasses
+
+    from detox.data.poisoned import TriggeredSet
+
+    if pset.test is None:
+        raise ConfigError("evaluation_subset: the poisoned set carries no test set")
+    if limit < 1:
+        raise ConfigError(f"purify_limit={limit}: expected >= 1")
+    order = subset_order(len(pset.test), seed)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(len(order))
+    keep = order[:limit].sort().values
+    test = dataclasses.replace(pset.test, x=pset.test.x[keep], y=pset.test.y[keep])
+    triggered = {}
+    for name, t in pset.triggered.items():
+        pick = torch.argsort(rank[t.index])[:limit].sort().values
+        triggered[name] = TriggeredSet(t.x[pick], t.y_true[pick], t.y_target[pick], t.index[pick])
+    out = copy.copy(pset)
+    out.test, out.triggered = test, triggered
     return out
 
 

@@ -32,6 +32,14 @@ class ExperimentConfig:
         help="triggered test images per attack; None = all eligible",
         range="[1, inf)",
     )
+    purify_limit: int | None = hp(
+        None,
+        "images",
+        help="clean test images, and triggered ones per attack, that a purifier is "
+        "evaluated on (a seeded subset, the same for every purifier; the undefended "
+        "victim is measured on the same images as its reference); None = all",
+        range="[1, inf)",
+    )
     cache_victims: bool = hp(True, help="reuse a victim trained on the same data and config")
 
     PRESETS: typing.ClassVar[dict[str, dict[str, Any]]] = {
