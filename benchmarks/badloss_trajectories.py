@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 import time
 from pathlib import Path
@@ -61,6 +62,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", required=True)
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument(
+        "--spaces",
+        default="",
+        help="comma-separated trajectory spaces (loss, log-loss) to score the same "
+        "trajectories in as well: per-attack AUROC of each in summary.json",
+    )
     ap.add_argument(
         "--save-trajectories",
         action="store_true",
@@ -126,9 +133,40 @@ def main() -> None:
             "device": str(device),
         },
     )
+    by_space = _by_space(args.spaces, det.config, ctx.artifacts, pset)
+    if by_space:
+        summary = json.loads((out / "summary.json").read_text())
+        summary["per_attack_auroc_by_space"] = by_space
+        atomic_write_json(out / "summary.json", summary)
+        for space, res in by_space.items():
+            print(f"{space}: {res}")
     final = {k: round(v[-1], 3) for k, v in curves["per_attack_auroc_by_epochs"].items()}
     print(f"AUROC after the last epoch, per attack: {final}")
     print(f"written: {out}/summary.json")
+
+
+def _by_space(spaces: str, config, artifacts: dict, pset) -> dict[str, dict[str, float]]:
+    """AUROC of all poisons and of each attack's when the same trajectories are scored in
+    each of ``spaces`` (``trajectory_space``), the detector's epochs kept."""
+    from sklearn.metrics import roc_auc_score
+
+    from detox.defenses.detectors.badloss import TRAJECTORY_SPACES, probe_mask, trajectory_scores
+
+    traj, probes = artifacts["trajectories"], artifacts["probes"]
+    ids = pset.attack_id.numpy()
+    rows = ~probe_mask(len(traj), probes)
+    out = {}
+    for space in [s for s in spaces.split(",") if s]:
+        if space not in TRAJECTORY_SPACES:
+            raise SystemExit(f"--spaces: {space!r} is not one of {', '.join(TRAJECTORY_SPACES)}")
+        cfg = dataclasses.replace(config, trajectory_space=space)
+        s, _ = trajectory_scores(traj, traj[probes], cfg, kept_epochs=artifacts["kept_epochs"])
+        res = {"all": float(roc_auc_score(ids[rows] >= 0, s[rows]))}
+        for i, name in enumerate(pset.attack_names):
+            m = rows & ((ids == i) | (ids < 0))
+            res[str(name)] = float(roc_auc_score(ids[m] == i, s[m]))
+        out[space] = {k: round(v, 4) for k, v in res.items()}
+    return out
 
 
 if __name__ == "__main__":

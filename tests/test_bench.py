@@ -430,7 +430,8 @@ def test_demo_scale_on_cpu_and_gpu():
     sd = [dict(c.defense_overrides) for c in gpu.cells() if c.defense == "sampdetox"]
     assert sd and all(d == {"stride": 1, "amp": True, "compile": True} for d in sd)
     bl = [dict(c.defense_overrides) for c in gpu.cells() if c.defense == "badloss"]
-    assert bl == [{}]  # BaDLoss's `quick` pre-training, not the CPU demo's 4 epochs
+    # BaDLoss's `quick` pre-training, not the CPU demo's 4 epochs, in log-loss space
+    assert bl == [{"trajectory_space": "log-loss"}]
     assert "the full `quick` scale" in describe_demo(gdata, len(gpu.cells()), "cuda")
 
 
@@ -590,7 +591,7 @@ def test_effects_compare_a_purifier_on_a_subset_with_the_same_images():
     """A purifier evaluated on a subset (``purify_limit``) carries the undefended victim's
     figures on the same images (``ca_ref`` / ``asr_ref``): its line compares with those,
     not with the undefended column measured on every test image, and says so."""
-    from detox.bench.tables import NONE_LABEL, bench_tables, effect_lines, effects
+    from detox.bench.tables import NONE_LABEL, bench_markdown, bench_tables, effect_lines, effects
 
     ev = {"ca": 0.86, "n_test": 1000, "attacks": {"badnets": {"asr": 1.0, "pa": 0.0, "n": 900}}}
     sub = {"ca": 0.71, "n_test": 100, "attacks": {"badnets": {"asr": 0.0, "pa": 0.64, "n": 90}}}
@@ -611,3 +612,5 @@ def test_effects_compare_a_purifier_on_a_subset_with_the_same_images():
         "cifar10 badnets: sampdetox took ASR from 99.0% to 0.0%, CA 88.0% -> 71.0% on its "
         "test subset (cost 17.0 points)"
     ]
+    assert "sampdetox: on a seeded subset of the test images (purify_limit), where the " \
+        "undefended victim's CA is 88.00" in bench_markdown(tables)  # fmt: skip

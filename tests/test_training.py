@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -102,3 +103,30 @@ def test_train_rejects_bad_input():
             cfg,
             "cpu",
         )
+
+
+def test_hooks_see_the_learning_rate_factor_of_each_step(cifar_train):
+    """``on_lr(factor)``: called before every optimiser step with the schedule's factor of
+    that step, the value :func:`lr_factor` gives for the step (and the lr the classifier's
+    first parameter group uses, over the configured lr)."""
+    from detox.training import lr_factor
+
+    class LrRecorder:
+        def __init__(self):
+            self.factors = []
+
+        def on_lr(self, factor):
+            self.factors.append(factor)
+
+    x, y = cifar_train.x[:256], cifar_train.y[:256]
+    cfg = make_config(
+        TrainConfig, "smoke", epochs=3, batch_size=32, schedule="onecycle", progress=False
+    )
+    rec = LrRecorder()
+    train(build_model(cfg.model, 10, cfg.width, dataset="cifar10", seed=0), x, y, cfg, "cpu",
+          callbacks=[rec])  # fmt: skip
+    steps = 3 * (256 // 32)
+    want = [lr_factor(cfg, s, steps, 256 // 32) for s in range(steps)]
+    assert len(rec.factors) == steps
+    np.testing.assert_allclose(rec.factors, want, rtol=1e-9)
+    assert max(rec.factors) == pytest.approx(1.0, abs=0.05) and rec.factors[-1] < 0.05

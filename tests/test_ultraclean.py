@@ -384,3 +384,39 @@ def test_scoring_model_retrains_the_recipe_without_label_smoothing(backdoored, c
     forced = build_detector("ultraclean", scoring_model="plain-ce")
     with pytest.raises(ConfigError, match="train_config"):
         forced.score(data, DetectorContext(model=None, train_config=None, progress=False))
+
+
+def test_score_scope_known_target_scores_only_that_class(backdoored):
+    """``score_scope="known-target"`` (the paper's poisoned-class-known variant): only the
+    examples labelled ``known_target`` are scored, with exactly the scores the full
+    scoring gives them; the rest get -inf, are never cut, and stay out of the detection
+    figures (which are then within the class)."""
+    from detox.data import PoisonedSet
+    from detox.pipeline.detection import detection_report
+
+    x_train, y_train, poison = backdoored["train"]
+    x, y = x_train[:300], y_train[:300]
+    is_poison = np.zeros(len(x_train), bool)
+    is_poison[poison.numpy()] = True
+    is_poison = is_poison[:300]
+    model = backdoored["model"]
+    full = build_detector("ultraclean").score(x, DetectorContext(model=model, progress=False))
+    det = build_detector("ultraclean", known_target=0, score_scope="known-target")
+    ctx = DetectorContext(model=model, labels=y, progress=False)
+    got = det.score(x, ctx)
+    in_class = y.numpy() == 0
+    np.testing.assert_allclose(got[in_class], full[in_class], rtol=1e-6)
+    assert (
+        np.all(np.isneginf(got[~in_class]))
+        and ctx.artifacts["ultraclean"]["scored"] == in_class.sum()
+    )
+    removed = det.cut_known_target(got, y, 0, int(is_poison.sum()))
+    assert np.array_equal(removed, det.cut_known_target(full, y, 0, int(is_poison.sum())))
+    # the report is the in-class one: n = the scored examples
+    aid = torch.as_tensor(np.where(is_poison, 0, -1))
+    pset = PoisonedSet(x, y, y.clone(), aid, [str(i) for i in range(10)],
+                       [{"name": "badnets"}])  # fmt: skip
+    rep = detection_report(got, removed, pset)
+    assert rep["overall"]["n"] == in_class.sum() and rep["overall"]["n_poison"] == is_poison.sum()
+    with pytest.raises(ConfigError, match="needs known_target"):
+        build_detector("ultraclean", score_scope="known-target")

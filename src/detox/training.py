@@ -326,6 +326,9 @@ class TrainHook:
       hook's own parameters.
     * ``on_loss(epoch, logits, yb, loss) -> loss``: the batch's mean loss, to add terms to.
     * ``on_step(epoch)``: after the classifier's optimiser step (the hook steps its own).
+    * ``on_lr(factor)``: before each optimiser step, the classifier's learning rate of
+      that step relative to the configured ``lr`` (the schedule's factor), for a hook whose
+      own optimiser follows the classifier's schedule.
     * ``state_dict()`` / ``load_state_dict()``: what the hook learned (kept with the victim
       in the cache), and ``fingerprint()``: everything its behaviour depends on (keys the
       victim cache).
@@ -550,6 +553,9 @@ class _Loop:
             loss = on_loss(epoch, logits, yb, loss)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        factor = self.sched.get_last_lr()[0] / self.sched.base_lrs[0]
+        for on_lr in self._each("on_lr"):
+            on_lr(factor)
         self.opt.step()
         self.sched.step()
         self.steps += 1

@@ -218,7 +218,24 @@ def bench_markdown(tables: dict[str, Any]) -> str:
             rows = grid_rows(t, metrics)
             if rows and len(rows[0]) > 1:
                 parts.append(f"### {ds}: {title}\n\n" + to_markdown(rows))
+                if metrics is EVAL_METRICS and (note := subset_note(t)):
+                    parts.append(note)
     return "\n".join(parts)
+
+
+def subset_note(table: dict[str, Any]) -> str:
+    """A line naming the columns measured on a subset of the test images (a purifier
+    with ``purify_limit``), with the undefended victim's CA on the same images."""
+    notes = []
+    for c in table["columns"]:
+        refs = [table["cells"][r].get(c, {}).get("ca_ref", {}).get("mean") for r in table["rows"]]
+        refs = [v for v in refs if v is not None]
+        if refs:
+            lo, hi = min(refs), max(refs)
+            ca = f"{lo:.2f}" if abs(hi - lo) < 5e-3 else f"{lo:.2f}-{hi:.2f}"
+            notes.append(f"{c}: on a seeded subset of the test images (purify_limit), where "
+                         f"the undefended victim's CA is {ca}")  # fmt: skip
+    return ("Note: " + "; ".join(notes) + ".\n") if notes else ""
 
 
 def effects(tables: dict[str, Any]) -> list[dict[str, Any]]:

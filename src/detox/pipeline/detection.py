@@ -40,11 +40,14 @@ def detection_report(
     examples), and the removal rate of every class (true labels).
 
     ``parts`` (name -> per-example values, e.g. UltraClean's two denoiser distances, which
-    sum to its score) adds ``part_auroc``: the AUROC of each part alone, per attack."""
+    sum to its score) adds ``part_auroc``: the AUROC of each part alone, per attack.
+    Examples a detector did not score (score -inf, e.g. UltraClean's ``score_scope``) are
+    left out of every figure but the removal rates."""
     from detox.metrics import detection_metrics, per_class_removal
 
     aid = pset.attack_id.numpy()
     consider = np.ones(len(scores), bool) if protected is None else ~protected
+    consider = consider & np.isfinite(np.asarray(scores, dtype=np.float64))
     out: dict[str, Any] = {
         "overall": detection_metrics(scores[consider], aid[consider] >= 0, removed[consider])
     }
@@ -236,8 +239,9 @@ def detector_figures(
     from detox.plots.detection import roc_plot, score_histogram
 
     out = Path(out_dir)
-    aid = pset.attack_id.numpy()
-    s, r = result["scores"], result["removed"]
+    scored = np.isfinite(np.asarray(result["scores"], dtype=np.float64))  # -inf: not scored
+    aid = pset.attack_id.numpy()[scored]
+    s, r = np.asarray(result["scores"])[scored], np.asarray(result["removed"])[scored]
     cut = float(s[r].min()) if r.any() else None
     return [
         score_histogram(s, aid, pset.attack_names, out / f"{name}_hist.png", f"{name} scores", cut),

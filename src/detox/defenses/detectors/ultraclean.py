@@ -171,6 +171,15 @@ class UltraCleanConfig:
         help="poisons for that budget; None = the set's ground truth",
         range="[0, inf)",
     )
+    score_scope: str = hp(
+        "all",
+        "all | known-target",
+        "[paper, code: known-target in the poisoned-class-known variant; detox default: all]",
+        "known-target: with known_target set, score only the examples labelled with it (the "
+        "others get -inf: never cut, and left out of the detection figures, which are then "
+        "within that class); all: score every example",
+        choices=("all", "known-target"),
+    )
     batch_size: int = hp(
         256, "images", "[impl]", "per forward pass (and per pipeline block)", range="[1, inf)"
     )
@@ -195,6 +204,8 @@ class UltraCleanConfig:
         """What no declared range says (each field's range and choices: ``hp``)."""
         if len(self.median_size) != 2:
             raise ConfigError(f"median_size={self.median_size}: expected two sizes (rows, cols)")
+        if self.score_scope == "known-target" and self.known_target is None:
+            raise ConfigError("score_scope='known-target' needs known_target (the class to score)")
         for k in ("nlm_template", "nlm_search"):
             v = getattr(self, k)
             if v % 2 == 0:
@@ -526,11 +537,22 @@ class UltraClean(Detector):
                 f"UltraClean needs 3-channel (RGB) images for OpenCV's colour non-local "
                 f"means and the 3-channel median; got {x.shape[1]} channel(s)"
             )
-        n = len(x)
-        if n == 0:
+        n_all = len(x)
+        if n_all == 0:
             return np.zeros(0, np.float64)
         device = resolve_device(ctx.device)
         model = self.scoring_model(data, ctx).to(device).eval()
+        rows = None  # every example, or (score_scope) those labelled known_target
+        if cfg.score_scope == "known-target":
+            y = ctx.labels if ctx.labels is not None else getattr(data, "y", None)
+            if y is None:
+                raise ConfigError("UltraClean score_scope='known-target' needs the labels")
+            y = torch.as_tensor(np.asarray(y.cpu() if isinstance(y, torch.Tensor) else y))
+            rows = torch.nonzero(y == cfg.known_target).flatten()
+            if len(rows) == 0:
+                raise ConfigError(f"UltraClean: no example is labelled {cfg.known_target}")
+            x = x[rows]
+        n = len(x)
         if cfg.fold_batchnorm:
             try:
                 model = fold_batchnorm(model)
@@ -583,12 +605,18 @@ class UltraClean(Detector):
             pool.shutdown(wait=True)
             cv2.setNumThreads(prev_threads)
         secs = time.perf_counter() - t0
+        if rows is not None:  # unscored examples: -inf (never cut, outside the figures)
+            full_med = torch.full((n_all,), float("-inf"), dtype=torch.float64)
+            full_nlm = full_med.clone()
+            full_med[rows], full_nlm[rows] = d_med, d_nlm
+            d_med, d_nlm = full_med, full_nlm
         scores = (d_med + d_nlm).numpy()
         ctx.artifacts["ultraclean"] = {
             "median_distance": d_med.numpy(),
             "nlm_distance": d_nlm.numpy(),
             "seconds": secs,
             "images_per_second": n / max(secs, 1e-9),
+            "scored": n,
         }
         ctx.artifacts["score_parts"] = {"median": d_med.numpy(), "nlm": d_nlm.numpy()}
         return scores
