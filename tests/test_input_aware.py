@@ -142,9 +142,12 @@ def test_short_training_learns_the_generated_trigger(built, small, cifar_test):
 
     base = float((predict(model, clean) == TARGET).float().mean())
     print(f"ASR {res['asr']:.3f}, clean images called the target {base:.3f}")
-    # measured on this machine: ASR 0.582 against 0.138 (8 epochs of the small CNN on
-    # 2,000 images, the generator learning from scratch alongside)
-    assert res["asr"] > base + 0.3
+    # measured on this machine: ASR 0.398 against 0.167 (8 epochs of the small CNN on
+    # 2,000 images, the generator learning from scratch alongside, its learning rate
+    # following the smoke recipe's one-cycle; with generator_schedule="constant" 0.582
+    # against 0.138: at this toy scale G learns faster at full rate, while at the `quick`
+    # scale following the schedule lifts the ASR from 71.0% to 81.6%, docs/results.md)
+    assert res["asr"] > base + 0.2
     # a cached victim brings its trigger generator back: the same triggered images
     again = poison(small, [AttackSpec("input-aware", target=TARGET, params=MASK)], seed=0,
                    test=built["test"])  # fmt: skip
@@ -161,3 +164,17 @@ def test_no_trigger_before_training_and_sizes_checked(built, small):
     with pytest.raises(ConfigError, match="must be equal"):
         make_attack("input-aware", ratio=0.1, cross_ratio=0.2)
     assert isinstance(a.mask_net, TriggerGenerator)
+
+
+def test_generator_learning_rate_follows_the_victims_schedule(built, small):
+    """``generator_schedule="victim"`` (the default): G's Adam lr is ``generator_lr`` x the
+    classifier's lr factor of each step; ``"constant"`` keeps ``generator_lr``."""
+    a, _ = _attack(small, built["ps"].attacks[0])
+    hook = InputAwareHook(a, torch.device("cpu"))
+    for f in (0.2, 1.0, 0.07):
+        hook.on_lr(f)
+        assert [g["lr"] for g in hook.opt.param_groups] == [pytest.approx(0.01 * f)]
+    a.config.generator_schedule = "constant"
+    hook = InputAwareHook(a, torch.device("cpu"))
+    hook.on_lr(0.2)
+    assert [g["lr"] for g in hook.opt.param_groups] == [0.01]

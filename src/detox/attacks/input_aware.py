@@ -34,9 +34,15 @@ The distances are root mean squared differences per image, as the code's
 * the code feeds the networks normalised images and blends in the normalised space; detox
   feeds [0, 1] images and blends there: the blend is the same image (normalisation is a
   per-channel affine map), and G's first layer is followed by batch norm;
-* G's learning rate stays constant (the code divides it by 10 after epoch 200; detox's
-  victims train far fewer epochs); the victim trains with its own recipe and augmentation,
-  applied before the trigger as in the code;
+* G's learning rate follows the victim's schedule (``generator_schedule = "victim"``:
+  ``generator_lr`` x the classifier's learning-rate factor at each step, through the
+  trainer's ``on_lr`` hook). The code decays G's and the classifier's rates alike, x 0.1
+  at epochs 200, 300, 400 (G) and 100, 200, 300, 400 (classifier) of 1,000; detox's
+  victims train 5-100 epochs on one-cycle or triangle schedules, so G follows the
+  classifier's own. ``"constant"`` keeps ``generator_lr`` throughout (G then still moves
+  at full speed in the last steps, while the classifier's rate has decayed to a few
+  percent). The victim trains with its own recipe and augmentation, applied before the
+  trigger as in the code;
 * ``quick`` pre-trains the mask for ``mask_epochs`` = 6 on ``mask_images`` = 4,096 seeded
   training images in batches of 64 pairs (384 steps; the code: 25 epochs on all of them in
   batches of 128, the ``paper`` preset), and both generators start from ``width`` = 16
@@ -93,6 +99,16 @@ class InputAwareConfig(AttackConfig):
     steps: int = hp(3, "down-sampling steps", "[code] 3 (2 for MNIST)", range="[1, inf)")
     generator_lr: float = hp(
         0.01, "Adam learning rate", "[code] lr_G 0.01, betas (0.5, 0.9)", range="(0, inf)"
+    )
+    generator_schedule: str = hp(
+        "victim",
+        "constant | victim",
+        "[detox] quick and paper: victim (the code decays G's lr x 0.1 at epochs 200, 300, "
+        "400 of its classifier's 1,000, as the classifier's own; detox's victims train "
+        "5-100 epochs); constant: the code's lr for the whole training",
+        help="G's learning rate: generator_lr throughout, or generator_lr x the victim's "
+        "learning-rate factor at each step (its warm-up and decay)",
+        choices=("constant", "victim"),
     )
     mask_lr: float = hp(
         0.01, "Adam learning rate", "[code] lr_M 0.01, betas (0.5, 0.9)", range="(0, inf)"
@@ -359,6 +375,12 @@ class InputAwareHook(AttackTrainHook):
             attack.pattern_net.parameters(), lr=cfg.generator_lr, betas=(0.5, 0.9)
         )
         self._div: torch.Tensor | None = None
+
+    def on_lr(self, factor: float) -> None:
+        """G's learning rate follows the victim's schedule (``generator_schedule``)."""
+        if self.attack.config.generator_schedule == "victim":
+            for group in self.opt.param_groups:
+                group["lr"] = self.attack.config.generator_lr * factor
 
     def on_batch(self, epoch, idx, xb, yb):
         a, cfg = self.attack, self.attack.config
