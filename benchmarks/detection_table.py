@@ -49,7 +49,9 @@ def rows(results: list[dict[str, Any]], dataset: str | None, parts: bool) -> lis
         retrain_s = (info.get("retrain") or {}).get("train_seconds")
         for name in r["attack_names"]:
             d = r["detection"]["per_attack"][name]
-            att, vatt = r["evaluation"]["attacks"][name], (v or {}).get("evaluation", {})
+            ev = r.get("evaluation") or {"ca": None, "attacks": {}}  # None: detect_only
+            att = ev["attacks"].get(name, {"asr": None, "pa": None})
+            vatt = (v or {}).get("evaluation", {})
             label = name if len(r["attack_names"]) == 1 else f"{r['attack']}: {name}"
             cells = [
                 label,
@@ -57,7 +59,7 @@ def rows(results: list[dict[str, Any]], dataset: str | None, parts: bool) -> lis
                 f"{d['auroc']:.4f}",
                 f"{d['tpr']:.4f}",
                 f"{d['fpr']:.4f}",
-                f"{_pct(vatt.get('ca'))} -> {_pct(r['evaluation']['ca'])}",
+                f"{_pct(vatt.get('ca'))} -> {_pct(ev['ca'])}",
                 f"{_pct(vatt.get('attacks', {}).get(name, {}).get('asr'))} -> {_pct(att['asr'])}",
                 _pct(att["pa"]),
                 f"{info.get('score_seconds', 0):.0f}",

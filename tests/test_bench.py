@@ -614,3 +614,27 @@ def test_effects_compare_a_purifier_on_a_subset_with_the_same_images():
     ]
     assert "sampdetox: on a seeded subset of the test images (purify_limit), where the " \
         "undefended victim's CA is 88.00" in bench_markdown(tables)  # fmt: skip
+
+
+def test_detect_only_reports_detection_without_retraining(tmp_path):
+    """``detect_only``: a detector's cell scores and cuts, keeps its detection figures and
+    retrains nothing (no evaluation, no retraining record); the tables give it AUROC /
+    TPR / FPR and no CA / PA / ASR, and the report still renders."""
+    from detox.bench.runner import run_bench
+
+    text = TINY.replace('defenses = ["ultraclean"]', 'defenses = ["spectral"]').replace(
+        'attacks = ["badnets", "blended"]', 'attacks = ["badnets:ratio=0.2"]'
+    )
+    cfg = load_bench_config(write(tmp_path, text + "detect_only = true\n"))
+    res = run_bench(cfg, tmp_path / "o", progress=False)
+    cells = {r["defense"]: r for r in res["results"]}
+    det = cells["spectral"]
+    assert det["evaluation"] is None and det["defense_info"]["retrain"] is None
+    rep = det["detection"]["per_attack"]["badnets"]
+    assert rep["n_poison"] == 60 and rep["removed"] == round(0.15 * 300)
+    table = res["tables"]["cifar10"]["cells"]["badnets:ratio=0.2"]
+    assert set(table["spectral"]) == {"auroc", "tpr", "fpr"}
+    assert table["spectral"]["auroc"]["mean"] == pytest.approx(100 * rep["auroc"])
+    assert "ca" in table["no defense"]
+    assert (tmp_path / "o" / "report.html").is_file()
+    assert "spectral" in (tmp_path / "o" / "tables.md").read_text()

@@ -168,7 +168,7 @@ def render_report(out: Path, cfg: Any, results: list[dict[str, Any]], tables: di
         {
             "cell": r["cell"],
             "defense": column_label(r),
-            "CA %": f"{100 * r['evaluation']['ca']:.2f}",
+            "CA %": f"{100 * r['evaluation']['ca']:.2f}" if r.get("evaluation") else "-",
             "seconds": f"{r.get('seconds', 0):.0f}",
             "victim cached": str((r.get("victim") or {}).get("cached")),
             "finished": r.get("finished", ""),

@@ -145,6 +145,7 @@ def run_cell(cell: Cell, ctx: BenchContext, _after: Any = None) -> dict[str, Any
             cache=True,
             overrides=dict(cell.defense_overrides),
             purify_limit=ecfg.purify_limit,
+            detect_only=ecfg.detect_only,
         )
         result["kind"] = res["kind"]
         result["evaluation"] = res["evaluation"]

@@ -137,6 +137,11 @@ def bench_tables(results: list[dict[str, Any]], defenses: list[str]) -> dict[str
             if label not in order[ds]:
                 order[ds].append(label)
             cell = raw.setdefault(ds, {}).setdefault(label, {}).setdefault(col, {})
+            if ev is None:  # detect_only: detection figures, no retrained model
+                if target is not None and target in det:
+                    for m in DETECT_METRICS:
+                        cell.setdefault(m, []).append(det[target].get(m))
+                continue
             cell.setdefault("ca", []).append(ev["ca"])
             if ref is not None:
                 cell.setdefault("ca_ref", []).append(ref["ca"])

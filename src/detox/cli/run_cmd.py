@@ -126,10 +126,12 @@ def _run(args, specs, dcfg, tcfg, ecfg, device, defenses, run_dir) -> str:
             cache=ecfg.cache_victims,
             overrides=defense_overrides(name, args),
             purify_limit=ecfg.purify_limit,
+            detect_only=ecfg.detect_only,
         )
         if "reference" in res:  # purify_limit: the undefended victim on the same images
             evaluations[f"no defense ({name}'s images)"] = res["reference"]
-        evaluations[name] = res["evaluation"]
+        if res["evaluation"] is not None:  # None: detect_only, no retrained model
+            evaluations[name] = res["evaluation"]
         if "detection" in res:
             detection[name] = res["detection"]
         defense_info[name] = {k: v for k, v in res.items() if k not in ("evaluation",)}

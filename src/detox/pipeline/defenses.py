@@ -39,7 +39,7 @@ from torch import nn
 from detox.config import ConfigError, asdict
 from detox.data import PoisonedSet
 from detox.defenses.context import DefenseContext
-from detox.pipeline.detection import choose_probes, cleanse_and_retrain, write_detection
+from detox.pipeline.detection import choose_probes, cleanse_and_retrain, detect, write_detection
 from detox.pipeline.evaluation import (
     evaluate_backdoor,
     evaluation_subset,
@@ -68,6 +68,7 @@ class DefenseRun:
     overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
     trusted: np.ndarray | None = None  # indices the user vouches for (--trusted)
     purify_limit: int | None = None  # ExperimentConfig.purify_limit
+    detect_only: bool = False  # ExperimentConfig.detect_only
 
     @property
     def dataset(self) -> str | None:
@@ -145,13 +146,16 @@ def run_defense(
     overrides: dict[str, Any] | None = None,
     trusted: np.ndarray | None = None,
     purify_limit: int | None = None,
+    detect_only: bool = False,
 ) -> dict[str, Any]:
     """Run the defense ``name`` (of whichever kind) against ``victim`` / ``pset`` and write
     its files into ``out_dir``; returns its JSON-ready result (``kind``, ``evaluation``,
     ``figures`` and what the kind adds). ``overrides`` are settings of the defense's own
     config (e.g. ``diffusion=PATH``); ``purify_limit`` (``ExperimentConfig.purify_limit``)
     evaluates a purifier on a seeded subset of the test images, next to the undefended
-    victim's ``reference`` evaluation on the same images."""
+    victim's ``reference`` evaluation on the same images; ``detect_only``
+    (``ExperimentConfig.detect_only``) stops a detector after its cut: its result has the
+    detection figures and ``evaluation`` None."""
     kind = defense_kind(name)
     run = DefenseRun(
         name=name,
@@ -167,6 +171,7 @@ def run_defense(
         overrides=dict(overrides or {}),
         trusted=trusted,
         purify_limit=purify_limit,
+        detect_only=detect_only,
     )
     res = kind.run(run)
     res["kind"] = kind.name
@@ -194,10 +199,15 @@ def _run_detector(r: DefenseRun) -> dict[str, Any]:
 
     det = build_detector(r.name, r.preset, **r.overrides)
     probes = choose_probes(det, r.pset, r.seed, r.trusted)
-    res = cleanse_and_retrain(
-        r.pset, det, r.tcfg, r.device, r.victim, probes, r.seed, r.progress, r.cache
-    )
-    found = res["found"]
+    if r.detect_only:
+        found = detect(r.pset, det, r.tcfg, r.device, r.victim, probes, r.seed, r.progress,
+                       r.tcfg)  # fmt: skip
+        res = {"found": found, "evaluation": None, "retrain": None}
+    else:
+        res = cleanse_and_retrain(
+            r.pset, det, r.tcfg, r.device, r.victim, probes, r.seed, r.progress, r.cache
+        )
+        found = res["found"]
     figures = write_detection(r.out_dir, r.name, det, r.pset, found, f"{r.name}_scores.csv")
     return {
         "config": asdict(det.config),

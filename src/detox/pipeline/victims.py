@@ -40,6 +40,11 @@ class ExperimentConfig:
         "victim is measured on the same images as its reference); None = all",
         range="[1, inf)",
     )
+    detect_only: bool = hp(
+        False,
+        help="detectors: score and cut, report the detection figures, and skip the "
+        "retraining on the kept examples (no CA / PA / ASR of a cleansed model)",
+    )
     cache_victims: bool = hp(True, help="reuse a victim trained on the same data and config")
 
     PRESETS: typing.ClassVar[dict[str, dict[str, Any]]] = {
