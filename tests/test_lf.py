@@ -158,7 +158,9 @@ def test_uap_keeps_its_best_pass_and_stops(built, small, deepfool, kind):
         pred = model((x[keep].float() / 255 + delta).clamp(0, 1)).argmax(1)
     assert float((pred == 0).float().mean()) == pytest.approx(max(rates), abs=1e-4)
     assert float(delta.abs().max()) <= 0.2 + 1e-6
-    assert _spectrum_above(delta.numpy().astype(np.float64), CUTOFF) < 0.01
+    # low-pass filtered: measured 0.000-0.011 above the cutoff (the L_inf clip after the
+    # filter leaks a little; 0.011 on a CPU with AMX bf16 kernels), white noise > 0.9
+    assert _spectrum_above(delta.numpy().astype(np.float64), CUTOFF) < 0.02
 
 
 def test_poison_prepares_and_applies_it(cache_dir, small, cifar_test, one_thread):

@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from detox.defenses.detectors import DetectorContext, build_detector
 from detox.defenses.detectors.psbd import prediction_shift, select_rate
 from detox.metrics import detection_metrics
 from detox.utils.seed import derive_seed
+
+
+@pytest.fixture(scope="module", autouse=True)
+def float32_only():
+    """This module's planted victim and PSBD's dropout passes run in float32: the 8-epoch
+    small CNN's behaviour under dropout depends on bf16 kernel rounding (on a CPU with AMX
+    bf16 kernels the rule picks 0.9 and the AUROC inverts to 0.22; in float32 it picks 0.7
+    and reaches the figures below, as on the CPUs the test was written on)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("detox.utils.device.bf16_supported", lambda device: device.type == "cuda")
+        yield
 
 
 def test_rate_rule_of_the_authors_code():
@@ -45,9 +57,13 @@ def test_psbd_finds_the_planted_patch(planted):
     s = det.score(planted["data"], ctx)
     info = ctx.artifacts["psbd"]
     poison = planted["is_poison"]
-    # the rule picks 0.7 (validation shift ratio 0.85 >= 0.8, gap 0.051 over the training
-    # set's 0.80; at 0.9 the gap is 0.021)
-    assert info["rate"] == 0.7
+    # the authors' rule, applied here to the recorded shift ratios: among the rates whose
+    # validation shift ratio reaches 0.8, the largest validation - training gap
+    tr, va = info["train_shift_ratio"], info["val_shift_ratio"]
+    ok = [r for r in sorted(va) if va[r] >= det.config.val_shift_min] or sorted(va)
+    gaps = {r: va[r] - tr[r] for r in ok}
+    assert info["rate"] == max(ok, key=lambda r: (gaps[r], -r))
+    assert info["rate"] == 0.7  # in float32 (the module's fixture)
     m = detection_metrics(s, poison)
     assert m["auroc"] >= 0.6, m  # measured: 0.683 (this 8-epoch small CNN; see below)
     removed = det.cut(s, ctx)

@@ -553,9 +553,8 @@ class _Loop:
             loss = on_loss(epoch, logits, yb, loss)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        factor = self.sched.get_last_lr()[0] / self.sched.base_lrs[0]
-        for on_lr in self._each("on_lr"):
-            on_lr(factor)
+        for on_lr in self._each("on_lr"):  # the schedule's factor of this step
+            on_lr(float(self.sched.lr_lambdas[0](self.sched.last_epoch)))
         self.opt.step()
         self.sched.step()
         self.steps += 1
