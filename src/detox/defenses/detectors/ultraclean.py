@@ -27,7 +27,11 @@ on the **poisoned** training set (eval mode, float32, its own normalisation):
    (1.35 for HTBD): set ``known_target`` (and ``known_poisons``, else the set's ground
    truth); :meth:`UltraClean.cut_known_target`, :func:`known_target_budget`.
    (The authors score only the target class there; scores do not depend on the other
-   examples, so scoring the whole set and cutting within the class is the same.)
+   examples, so scoring the whole set and cutting within the class is the same cut.
+   ``score_scope = "known-target"`` scores that class alone, as they do: a fifth of the
+   work on CIFAR-10 at 10% poisoning; the others get -inf, and the detection figures are
+   then within the class. The default, ``"all"``, scores everything, so the detection
+   figures cover the whole set.)
 
 The paper gives no value that differs from the authors' code, so the ``paper`` and
 ``code`` presets are the defaults (every value above comes from the code).
